@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lang1ops.progress import console as progress_console
-from lang1ops.progress import progress_bar
+from lang1ops.progress import progress_bar, track
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
 
@@ -259,6 +259,33 @@ def print_dataset_summary(summary) -> None:
     problems = summary.problems.get("counts", {})
     stdout.print("Resources not usable: " + (", ".join(f"{r}: {n:,}" for r, n in problems.items()) if problems else "none"))
     stdout.print(f"Written to {summary.out_dir}")
+
+
+@data_app.command("baseline")
+def baseline_command(
+    dataset: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Dataset directory from `data build`.")],
+) -> None:
+    """TF-IDF + logistic regression per task, trained on train, AUROC on every other split."""
+    from training.baselines import TfidfBaseline
+    from training.dataset import Dataset
+    from training.metrics import auroc
+
+    data = Dataset.load(dataset)
+    splits = [s for s in data.splits if s != "train"]
+    table = Table(title=f"TF-IDF + logistic regression AUROC ({dataset})")
+    table.add_column("task")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for task in track(data.contract.tasks, "Fitting TF-IDF baselines"):
+        train = data.task_frame(task.name, "train")
+        model = TfidfBaseline.fit(train["text"].tolist(), train["label"].to_numpy(), task.n_classes)
+        cells = []
+        for split in splits:
+            frame = data.task_frame(task.name, split)
+            score = auroc(frame["label"].to_numpy(), model.predict_proba(frame["text"].tolist())) if len(frame) else float("nan")
+            cells.append(f"{score:.3f}")
+        table.add_row(task.name, *cells)
+    stdout.print(table)
 
 
 # --- demo -----------------------------------------------------------------------------------
