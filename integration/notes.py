@@ -342,7 +342,12 @@ def aware_datetime(value: datetime | date | str | None) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     match = re.fullmatch(r"(\d{4})(?:-(\d{2}))?", value)
-    return datetime(int(match[1]), int(match[2] or 1), 1, tzinfo=UTC) if match else None
+    if match:
+        return datetime(int(match[1]), int(match[2] or 1), 1, tzinfo=UTC)
+    try:  # a full FHIR dateTime/instant string, e.g. a Bulk Data manifest's transactionTime
+        return aware_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return None
 
 
 # --- markup to text -----------------------------------------------------------------------------

@@ -149,7 +149,8 @@ def build_dataset(fhir_path: Path, out_dir: Path, spec: DatasetSpec, contract: T
             for task in known:
                 excluded[task]["outside-windows"] += 1
             continue
-        split = patient_split(note.patient_id or enc.patient_id or "", spec.seed) if window is spec.train_window else window.name
+        # split by the stay's patient (the note's subject can be a merged-away record)
+        split = patient_split(enc.patient_id or note.patient_id or "", spec.seed) if window is spec.train_window else window.name
         patient = records.patients.get(enc.patient_id or "")
         age = _age(patient.birth_date if patient else None, enc.start)
         note_id = f"{note.resource_type}/{note.resource_id}"

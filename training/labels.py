@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from fhir.resources.R4B.claim import Claim
 from fhir.resources.R4B.condition import Condition
@@ -47,6 +47,7 @@ ICD10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/
 DENIAL_CATEGORY = "denialreason"  # CARIN BB C4BBAdjudicationDiscriminator
 TRANSFER_WINDOW = timedelta(hours=24)
 READMISSION_DAYS = 30
+NOT_A_STAY = frozenset({"planned", "cancelled", "entered-in-error"})  # encounters that did not (yet) happen
 NOTE_RESOURCES = frozenset({"DocumentReference", "DiagnosticReport", "Composition"})
 MODELS = {"Patient": Patient, "Encounter": Encounter, "Condition": Condition, "Claim": Claim,
           "ExplanationOfBenefit": ExplanationOfBenefit, "Coverage": Coverage}
@@ -66,6 +67,7 @@ class PatientRecord:
     birth_date: date | None
     sex: str | None
     deceased_at: datetime | None
+    death_date_only: bool  # deceasedDateTime without a time: the day is known, not the moment
     race: str | None
     ethnicity: str | None
     payer: str | None = None
@@ -197,7 +199,8 @@ class HospitalRecords:
 
     def _add_patient(self, p: Patient, location: str) -> None:
         deceased = aware_datetime(p.deceasedDateTime) if p.deceasedDateTime else None
-        self.patients[p.id] = PatientRecord(p.id, p.birthDate, p.gender, deceased, _us_core(p, "us-core-race"),
+        date_only = isinstance(p.deceasedDateTime, date) and not isinstance(p.deceasedDateTime, datetime)
+        self.patients[p.id] = PatientRecord(p.id, p.birthDate, p.gender, deceased, date_only, _us_core(p, "us-core-race"),
                                             _us_core(p, "us-core-ethnicity"))
 
     def _add_encounter(self, e: Encounter, location: str) -> None:
@@ -222,6 +225,8 @@ class HospitalRecords:
         encounter = reference_id(c.encounter.reference if c.encounter else None, "Encounter")
         if not encounter:
             return  # problem-list entries without an encounter do not define the encounter's CCI
+        if any(code in ("entered-in-error", "refuted") for _, code in _codes(c.verificationStatus)):
+            return  # a diagnosis withdrawn by the coder is not a comorbidity
         for system, code in _codes(c.code):
             if system in ICD10_SYSTEMS and code:
                 self._conditions[encounter].append(code)
@@ -313,7 +318,21 @@ def died_in_hospital(enc: EncounterRecord, records: HospitalRecords) -> bool:
     if enc.disposition == "exp":
         return True
     patient = records.patients.get(enc.patient_id or "")
-    return bool(patient and patient.deceased_at and enc.start <= patient.deceased_at <= enc.end)
+    if not (patient and patient.deceased_at):
+        return False
+    if patient.death_date_only:
+        # only the day is known: a death on the discharge day is in hospital only when no
+        # disposition says the patient left alive
+        day = patient.deceased_at.date()
+        return enc.start.date() <= day < enc.end.date() or (day == enc.end.date() and enc.disposition is None)
+    return enc.start <= patient.deceased_at <= enc.end
+
+
+def died_after_discharge(enc: EncounterRecord, patient: PatientRecord) -> bool:
+    """Called for stays already known not to end in death (see died_in_hospital)."""
+    if patient.death_date_only:
+        return patient.deceased_at.date() >= enc.end.date()
+    return patient.deceased_at > enc.end
 
 
 def readmission(enc: EncounterRecord, records: HospitalRecords) -> int:
@@ -331,15 +350,16 @@ def readmission(enc: EncounterRecord, records: HospitalRecords) -> int:
             continue
         if later.start.date() > horizon:
             break
-        if not later.inpatient or later.excluded_service:
+        if not later.inpatient or later.excluded_service or later.status in NOT_A_STAY:
             continue
         if later.admit_source == "hosp-trans" and later.start - enc.end <= TRANSFER_WINDOW:
             raise NoLabel("transferred-out")
         return 1
     patient = records.patients.get(enc.patient_id or "")
-    if patient and patient.deceased_at and enc.end < patient.deceased_at and patient.deceased_at.date() <= horizon:
+    if patient and patient.deceased_at and patient.deceased_at.date() <= horizon and died_after_discharge(enc, patient):
         return 0  # died at home or in hospice before any readmission: known not readmitted
-    if records.data_end is None or horizon > records.data_end.date():
+    # follow-up is complete once the data covers the whole 30th day
+    if records.data_end is None or records.data_end < datetime.combine(horizon, time(23, 59, 59), tzinfo=enc.end.tzinfo):
         raise NoLabel("follow-up-incomplete")
     return 0
 
