@@ -1,0 +1,39 @@
+"""`lang1ops data generate | build | baseline` end to end on a small hospital."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from lang1ops.cli import app
+
+runner = CliRunner()
+
+
+def test_generate_build_and_baseline(tmp_path):
+    fhir, dataset = tmp_path / "fhir", tmp_path / "dataset"
+    result = runner.invoke(app, ["data", "generate", "--out", str(fhir), "--hospital", "CLI General", "--patients", "300",
+                                 "--seed", "5", "--shift-from", "2024-01-01"])
+    assert result.exit_code == 0, result.output
+    assert "DocumentReference" in result.output and (fhir / "manifest.json").exists()
+    result = runner.invoke(app, ["data", "build", "--fhir", str(fhir), "--out", str(dataset),
+                                 "--train-window", "2019-01-01:2022-12-31", "--temporal", "2023-01-01:2023-12-31",
+                                 "--temporal", "late=2024-01-01:2024-12-31"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((dataset / "dataset.json").read_text())
+    assert info["splits"] == ["train", "val", "test", "temporal_2023", "late"]
+    assert info["tasks"]["mortality"]["train"]["n"] > 100
+    for word in ("readmission", "temporal_2023", "late", "follow-up-incomplete"):
+        assert word in result.output
+    result = runner.invoke(app, ["data", "baseline", str(dataset)])
+    assert result.exit_code == 0, result.output
+    assert "TF-IDF" in result.output and "cci" in result.output
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    result = runner.invoke(app, ["data", "generate", "--out", str(tmp_path), "--start", "2024-13-01"])
+    assert result.exit_code == 2 and "not an ISO date" in result.output
+    result = runner.invoke(app, ["data", "build", "--fhir", str(tmp_path), "--out", str(tmp_path / "d"),
+                                 "--train-window", "2022-01-01:2021-01-01"])
+    assert result.exit_code == 2 and "end before start" in result.output
