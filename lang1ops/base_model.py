@@ -213,8 +213,12 @@ def require_model_dir(path: Path | str) -> Path:
 
 
 def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
-    """The tokenizer of a local model directory; pad falls back to eos for batching."""
-    tokenizer = AutoTokenizer.from_pretrained(require_model_dir(path), local_files_only=True)
+    """The tokenizer of a local model directory (or a tokenizer-only directory, as model
+    artifacts keep one); pad falls back to eos for batching."""
+    directory = Path(path)
+    if not (directory / "tokenizer_config.json").is_file():
+        directory = require_model_dir(path)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

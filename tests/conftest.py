@@ -135,3 +135,27 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForCausalLM(config).save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def small_hospital(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic hospital (about 600 stays) as a FHIR Bulk Data export, shift from 2024."""
+    from datetime import date
+
+    from lang1ops.synthetic import HospitalSpec, generate_hospital
+
+    out = tmp_path_factory.mktemp("small_hospital") / "fhir"
+    generate_hospital(HospitalSpec(name="Small General", patients=250, seed=21, shift_from=date(2024, 1, 1)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_dataset(small_hospital: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`small_hospital` labeled and split: train/val/test 2019-2022, temporal_2023, temporal_2024."""
+    from training.dataset import DatasetSpec, Window, build_dataset
+
+    out = tmp_path_factory.mktemp("small_dataset") / "dataset"
+    spec = DatasetSpec(Window.parse("2019-01-01:2022-12-31", "train"),
+                       [Window.parse("2023-01-01:2023-12-31"), Window.parse("2024-01-01:2024-12-31")])
+    build_dataset(small_hospital, out, spec)
+    return out

@@ -9,10 +9,10 @@ from sklearn.metrics import roc_auc_score
 def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     """AUROC of class probabilities `probs` (n, k) against integer labels (n,).
 
-    Binary tasks use the positive column; multi-class tasks the macro one-vs-rest AUROC over
-    the classes present in `labels` (a class absent from a test set has no AUROC, and
-    sklearn's OVR needs every column to be a present class, so probabilities are restricted
-    to the present classes and renormalised, which leaves each one-vs-rest ranking intact).
+    Binary tasks (k = 2) use the positive column. Multi-class tasks use the macro one-vs-rest
+    AUROC: the mean over classes of the binary AUROC of "this class" vs "the rest" scored by
+    that class's column, which is what sklearn's `multi_class="ovr"` computes. Classes absent
+    from `labels` have no AUROC and are left out of the mean (sklearn would refuse instead).
     Returns nan when fewer than two classes are present.
     """
     labels = np.asarray(labels)
@@ -22,8 +22,4 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
-    if len(present) == 2:
-        return float(roc_auc_score(labels == present[1], probs[:, present[1]]))
-    sub = probs[:, present]
-    sub = sub / sub.sum(axis=1, keepdims=True)
-    return float(roc_auc_score(labels, sub, multi_class="ovr", average="macro", labels=present))
+    return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))

@@ -1,0 +1,57 @@
+"""Heads: a frozen base encodes each note once; per-task logistic regressions read it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lang1ops.artifact import ArtifactManifest, ModelKind
+from serving.scorer import MultitaskScorer, load_model
+from training.dataset import Dataset
+from training.heads import EncodingCache, HeadsConfig, fit_head, train_heads
+
+
+@pytest.fixture(scope="module")
+def heads_artifact(small_dataset, tiny_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads") / "artifact"
+    cache = EncodingCache(tmp_path_factory.mktemp("cache") / "enc.sqlite")
+    config = HeadsConfig(layer=1, max_note_tokens=64, max_notes={"train": 300, "val": 80})
+    train_heads(Dataset.load(small_dataset), tiny_llama_dir, out, config, cache=cache)
+    return out, cache
+
+
+def test_artifact_scores_all_tasks_with_one_encoding(heads_artifact, small_dataset):
+    out, _ = heads_artifact
+    manifest = ArtifactManifest.load(out)
+    assert manifest.kind == ModelKind.HEADS and manifest.pooling.layer == 1
+    assert set(manifest.hyperparameters["heads"]) == {"readmission", "mortality", "los", "cci", "denial"}
+    scorer = MultitaskScorer(load_model(out))
+    notes = Dataset.load(small_dataset).notes["text"].head(5).tolist()
+    results, pooled = scorer.score(notes)
+    for r in results:
+        assert {k: v.shape for k, v in r.items()} == {"readmission": (2,), "mortality": (2,), "los": (4,), "cci": (5,),
+                                                      "denial": (2,)}
+        assert all(abs(v.sum() - 1) < 1e-9 for v in r.values())
+    assert pooled.shape[0] == 5
+
+
+def test_retraining_reuses_cached_encodings(heads_artifact, small_dataset, tiny_llama_dir, tmp_path):
+    _, cache = heads_artifact
+    encoded = []
+    config = HeadsConfig(layer=1, max_note_tokens=64, max_notes={"train": 300, "val": 80}, tasks=["mortality"])
+    train_heads(Dataset.load(small_dataset), tiny_llama_dir, tmp_path / "again", config, cache=cache,
+                on_batch=encoded.append)
+    # every note was already in the cache: counted as done at once, nothing re-encoded
+    assert len(encoded) == 1
+
+
+def test_fit_head_picks_c_on_validation_and_handles_a_class_missing_from_training():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    y = (x[:, 0] + 0.3 * rng.normal(size=400) > 0).astype(int) + (x[:, 1] > 1.2)  # classes 0, 1, 2
+    fit = fit_head(x[:300], y[:300], x[300:], y[300:], n_classes=4, c_grid=(0.01, 1.0), seed=0)
+    assert fit.weight.shape == (4, 8) and fit.val_auroc > 0.8
+    logits = x[300:] @ fit.weight.T + fit.bias
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert probs[:, 3].max() < 1e-6  # class 3 never seen in training

@@ -1,0 +1,128 @@
+"""Multiple-choice finetuning on the tiny random Llama."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.prompts import PromptEncoder
+from lang1ops.tasks import DEFAULT_CONTRACT
+from serving.scorer import LoadedModel, MultitaskScorer, load_model
+from training.dataset import Dataset
+from training.mc_sft import (
+    EvenTaskSampler,
+    Example,
+    SftConfig,
+    collate,
+    lr_search,
+    make_model,
+    option_loss,
+    prepare,
+    train_loop,
+    write_mc_artifact,
+)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_llama_dir):
+    return PromptEncoder(load_tokenizer(tiny_llama_dir), DEFAULT_CONTRACT, 64)
+
+
+def toy(encoder: PromptEncoder, n: int, seed: int) -> tuple[list[Example], pd.DataFrame]:
+    """Mortality is 'yes' exactly when the note mentions sepsis: learnable from the text."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        label = int(rng.random() < 0.5)
+        filler = " ".join(rng.choice(["patient", "admitted", "with", "pain", "stable", "history"], size=rng.integers(3, 12)))
+        texts.append(f"{filler} {'septic shock sepsis' if label else 'knee replacement'} {filler}")
+        labels.append(label)
+    examples = [Example(encoder.prompt_ids(t, "mortality"), "mortality", y, encoder.option_token_ids("mortality"))
+                for t, y in zip(texts, labels, strict=True)]
+    return examples, pd.DataFrame({"text": texts, "label": labels})
+
+
+def test_padded_batch_loss_equals_unpadded_per_example_loss(tiny_llama_dir, encoder):
+    model = load_causal_lm(tiny_llama_dir)
+    notes = ["short note", "a much longer note about chest pain and shortness of breath for three days " * 3]
+    batch = [Example(encoder.prompt_ids(n, t), t, y, encoder.option_token_ids(t))
+             for n, t, y in zip(notes, ["los", "mortality"], [2, 1], strict=True)]
+    with torch.no_grad():
+        together = option_loss(model, collate(batch, encoder.tokenizer.pad_token_id, "cpu"))
+        by_hand = []
+        for e in batch:
+            logits = model(input_ids=torch.tensor([e.ids])).logits[0, -1, e.options]
+            by_hand.append(-torch.log_softmax(logits, -1)[e.label])
+    assert float(together) == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-5)
+
+
+def test_batches_mix_tasks_evenly():
+    examples = {t: [Example([1], t, 0, [1, 2])] * 3 for t in ("a", "b", "c", "d", "e")}
+    sampler = EvenTaskSampler(examples, batch_size=8, seed=0)
+    counts = {t: 0 for t in examples}
+    for _ in range(50):
+        for e in sampler.next_batch():
+            counts[e.task] += 1
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_loss_decreases_on_a_learnable_toy(tiny_llama_dir, encoder):
+    train, _ = toy(encoder, 64, seed=1)
+    _, val = toy(encoder, 40, seed=2)
+    config = SftConfig(method="full", batch_size=8, eval_every=10, patience=100, max_note_tokens=64, seed=0)
+    model = make_model(tiny_llama_dir, config)
+    losses = []
+    result, _ = train_loop(model, {"mortality": train}, {"mortality": val}, encoder, DEFAULT_CONTRACT, config, lr=3e-3,
+                           max_steps=40, on_step=lambda step, loss: losses.append(loss))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert result.best.val_auroc > 0.9
+
+
+def test_early_stopping_stops(tiny_llama_dir, encoder):
+    train, val = toy(encoder, 16, seed=3)
+    config = SftConfig(method="full", batch_size=4, eval_every=1, patience=2, max_note_tokens=64)
+    model = make_model(tiny_llama_dir, config)
+    # lr 0: nothing changes, so the first evaluation stays the best and patience runs out
+    result, _ = train_loop(model, {"mortality": train}, {"mortality": val}, encoder, DEFAULT_CONTRACT, config, lr=0.0,
+                           max_steps=50)
+    assert result.stopped_early and result.steps == 3 and result.best.step == 1
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_save_reload_and_score_identically(method, small_dataset, tiny_llama_dir, tmp_path):
+    dataset = Dataset.load(small_dataset)
+    config = SftConfig(method=method, lr=1e-3, max_steps=4, eval_every=2, batch_size=5, max_note_tokens=64,
+                       max_examples={"train": 20, "val": 12})
+    contract, encoder, train, val = prepare(dataset, tiny_llama_dir, config)
+    model = make_model(tiny_llama_dir, config)
+    result, _ = train_loop(model, train, val, encoder, contract, config, config.lr, config.max_steps)
+    write_mc_artifact(model, dataset, tiny_llama_dir, tmp_path / "artifact", config, contract, result, "test", None, 1.0)
+    notes = dataset.notes["text"].head(4).tolist()
+    model.eval()
+    before, _ = MultitaskScorer(LoadedModel("mc", contract, model, encoder)).score(notes)
+    after, _ = MultitaskScorer(load_model(tmp_path / "artifact", dtype="float32")).score(notes)
+    for b, a in zip(before, after, strict=True):
+        for task in contract.names:
+            np.testing.assert_allclose(a[task], b[task], atol=1e-5)
+    if method == "lora":
+        assert (tmp_path / "artifact" / "adapter" / "adapter_model.safetensors").exists()
+        assert not (tmp_path / "artifact" / "weights").exists()
+        # the finetuned model differs from its base: LoRA actually trained
+        base = MultitaskScorer(LoadedModel("mc", contract, load_causal_lm(tiny_llama_dir), encoder)).score(notes)[0]
+        assert any(not np.allclose(base[i][t], after[i][t], atol=1e-6) for i in range(4) for t in contract.names)
+
+
+def test_lr_search_stays_in_range_and_is_reproducible(small_dataset, tiny_llama_dir):
+    dataset = Dataset.load(small_dataset)
+    config = SftConfig(method="lora", search_trials=3, search_steps=2, batch_size=5, max_note_tokens=32,
+                       max_examples={"train": 10, "val": 10}, tasks=["mortality", "los"])
+    contract, encoder, train, val = prepare(dataset, tiny_llama_dir, config)
+    lr, trials = lr_search(tiny_llama_dir, train, val, encoder, contract, config)
+    again, _ = lr_search(tiny_llama_dir, train, val, encoder, contract, config)
+    assert len(trials) == 3 and lr in [t["lr"] for t in trials] and lr == again
+    assert all(1e-6 <= t["lr"] <= 1e-3 and math.isfinite(t["val_loss"]) for t in trials)
