@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-PARTS = ("generator",)
+PARTS = ("generator", "training")
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.config import ServingSettings
+
 
 class ModelSettings(BaseModel):
     """Where models come from and how notes are fed to them."""
@@ -34,6 +36,10 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path("var"), description="Root for data, registry and run outputs.")
     model: ModelSettings = Field(default_factory=ModelSettings)
+    model_name: str = Field("lang1-ops", description="Registry name of the served model line.")
+    registry_dir: Path = Field(Path("var/registry"), description="Model registry root (a shared volume on a cluster).")
+    encoding_cache: Path = Field(Path("var/cache/encodings.sqlite"), description="Pooled note encodings by text hash.")
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
 
 @lru_cache(maxsize=1)

@@ -120,47 +120,60 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden.to(torch.float32) * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
-def pooled_layer(decoder: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """Mean-pooled output (B, H) of decoder layer `pooling.layer`; the layers above never run
-    (a hook stops the forward), so a heads model pays only for the layers it uses."""
-    captured = {}
-
-    def grab(_module, _inputs, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
-
-    handle = decoder.layers[pooling.layer - 1].register_forward_hook(grab)
+def pooled_layers(decoder: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Mean-pooled outputs (B, H) of the given decoder layers (1-based). The forward stops at
+    the deepest of them (a hook raises), so a heads model pays only for the layers it reads."""
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    handles = []
+    for layer in layers:
+        def grab(_module, _inputs, output, layer=layer):
+            captured[layer] = mean_pool(output[0] if isinstance(output, tuple) else output, mask)
+            if layer == deepest:
+                raise _StopForward
+        handles.append(decoder.layers[layer - 1].register_forward_hook(grab))
     try:
         decoder(input_ids=ids, attention_mask=mask, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    return mean_pool(captured["hidden"], mask)
+        for handle in handles:
+            handle.remove()
+    return captured
 
 
 class NoteEncoder:
     """Pooled encodings of notes by a frozen base, in length-sorted batches (for heads)."""
 
-    def __init__(self, model: torch.nn.Module, encoder: PromptEncoder, pooling: Pooling, max_batch_notes: int = 8):
+    def __init__(self, model: torch.nn.Module, encoder: PromptEncoder, layers: list[int], max_batch_notes: int = 8):
         self.decoder, _ = decoder_parts(model)
-        self.encoder, self.pooling, self.max_batch_notes = encoder, pooling, max_batch_notes
+        self.encoder, self.layers, self.max_batch_notes = encoder, sorted(set(layers)), max_batch_notes
         self.device = next(model.parameters()).device
         tok = encoder.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], on_batch=None) -> np.ndarray:
+    def encode(self, texts: list[str], on_batch=None) -> dict[int, np.ndarray]:
+        """layer -> (n, H) pooled encodings, in the order of `texts`."""
         ids = [self.encoder.encode_note(t) for t in texts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out = np.zeros((len(texts), self.decoder.config.hidden_size), dtype=np.float32)
+        out = {layer: np.zeros((len(texts), self.decoder.config.hidden_size), dtype=np.float32) for layer in self.layers}
         for start in range(0, len(order), self.max_batch_notes):
             rows = order[start : start + self.max_batch_notes]
             batch, mask = pad_batch([ids[i] for i in rows], self.pad_id, self.device)
-            out[rows] = pooled_layer(self.decoder, batch, mask, self.pooling).cpu().numpy()
+            for layer, pooled in pooled_layers(self.decoder, batch, mask, self.layers).items():
+                out[layer][rows] = pooled.cpu().numpy()
             if on_batch:
                 on_batch(len(rows))
         return out
+
+
+@dataclass
+class NoteScore:
+    probabilities: dict[str, np.ndarray]  # task -> (k,)
+    pooled: np.ndarray  # (H,) the note's pooled encoding (for drift monitoring)
+    note_tokens: int  # tokens of the note kept after truncation
+    truncated: bool
 
 
 class MultitaskScorer:
@@ -179,17 +192,22 @@ class MultitaskScorer:
 
         `tasks[i]` lists the tasks to answer for note i (default: every task of the contract).
         """
+        notes = self.score_notes(texts, tasks)
+        return [n.probabilities for n in notes], np.stack([n.pooled for n in notes]) if notes else np.zeros(
+            (0, self.hidden_size), dtype=np.float32)
+
+    def score_notes(self, texts: list[str], tasks: list[list[str]] | None = None) -> list[NoteScore]:
         names = self.m.contract.names
         tasks = tasks or [names] * len(texts)
-        encoded = [self.m.encoder.encode_note(t) for t in texts]
-        results: list[dict[str, np.ndarray]] = [{} for _ in texts]
-        pooled = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        encodings = [self.m.encoder.note_encoding(t) for t in texts]
+        encoded = [e.ids for e in encodings]
+        out: list[NoteScore | None] = [None] * len(texts)
         for batch in self._batches(encoded, tasks):
             probs, vectors = self._score_batch([encoded[i] for i in batch], tasks[batch[0]])
             for row, i in enumerate(batch):
-                results[i] = {t: p[row] for t, p in probs.items()}
-                pooled[i] = vectors[row]
-        return results, pooled
+                out[i] = NoteScore({t: p[row] for t, p in probs.items()}, vectors[row], encodings[i].kept_tokens,
+                                   encodings[i].truncated)
+        return out
 
     @property
     def hidden_size(self) -> int:
@@ -215,7 +233,7 @@ class MultitaskScorer:
     def _score_batch(self, notes: list[list[int]], tasks: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         ids, mask = pad_batch(notes, self.pad_id, self.device)  # (B, L)
         if self.m.kind == ModelKind.HEADS:
-            pooled = pooled_layer(self.decoder, ids, mask, self.m.pooling)
+            pooled = pooled_layers(self.decoder, ids, mask, [self.m.pooling.layer])[self.m.pooling.layer]
             return self._apply_heads(pooled, tasks), pooled.cpu().numpy()
         out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=True)
         cache = out.past_key_values

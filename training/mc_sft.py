@@ -201,7 +201,8 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
                encoder: PromptEncoder, contract: TaskContract, config: SftConfig, lr: float, max_steps: int,
                is_main: bool = True, shard: tuple[int, int] = (0, 1),
                on_step: Callable[[int, float], None] | None = None,
-               on_eval: Callable[[EvalPoint], None] | None = None) -> tuple[TrainResult, dict | None]:
+               on_eval: Callable[[EvalPoint], None] | None = None,
+               on_report: Callable[[int, EvalPoint | None], None] | None = None) -> tuple[TrainResult, dict | None]:
     """Train; returns the result and the best weights (trainable parameters only)."""
     torch.manual_seed(config.seed)
     rank, world = shard
@@ -222,7 +223,7 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
             with autocast_for(config):
                 loss = option_loss(model, collate(batch, pad_id, config.device)) / config.grad_accum
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         optimizer.step()
         schedule.step()
         if on_step:
@@ -239,6 +240,8 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
                     best_state = trainable_state(model)
                 else:
                     since_best += 1
+            if on_report:  # every worker reports at every evaluation (Ray Train requires it)
+                on_report(step, point)
             stop = torch.tensor([1 if (point is not None and since_best >= config.patience) else 0])
             if world > 1 and torch.distributed.is_initialized():
                 torch.distributed.broadcast(stop, src=0)

@@ -15,7 +15,7 @@ from training.heads import EncodingCache, HeadsConfig, fit_head, train_heads
 def heads_artifact(small_dataset, tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("heads") / "artifact"
     cache = EncodingCache(tmp_path_factory.mktemp("cache") / "enc.sqlite")
-    config = HeadsConfig(layer=1, max_note_tokens=64, max_notes={"train": 300, "val": 80})
+    config = HeadsConfig(layers=(1, 2), max_note_tokens=64, max_notes={"train": 300, "val": 80})
     train_heads(Dataset.load(small_dataset), tiny_llama_dir, out, config, cache=cache)
     return out, cache
 
@@ -23,7 +23,8 @@ def heads_artifact(small_dataset, tiny_llama_dir, tmp_path_factory):
 def test_artifact_scores_all_tasks_with_one_encoding(heads_artifact, small_dataset):
     out, _ = heads_artifact
     manifest = ArtifactManifest.load(out)
-    assert manifest.kind == ModelKind.HEADS and manifest.pooling.layer == 1
+    assert manifest.kind == ModelKind.HEADS and manifest.pooling.layer in (1, 2)
+    assert set(manifest.hyperparameters["layer_val_auroc"]) == {"1", "2"}
     assert set(manifest.hyperparameters["heads"]) == {"readmission", "mortality", "los", "cci", "denial"}
     scorer = MultitaskScorer(load_model(out))
     notes = Dataset.load(small_dataset).notes["text"].head(5).tolist()
@@ -35,14 +36,16 @@ def test_artifact_scores_all_tasks_with_one_encoding(heads_artifact, small_datas
     assert pooled.shape[0] == 5
 
 
-def test_retraining_reuses_cached_encodings(heads_artifact, small_dataset, tiny_llama_dir, tmp_path):
+def test_retraining_reuses_cached_encodings(heads_artifact, small_dataset, tiny_llama_dir, tmp_path, monkeypatch):
     _, cache = heads_artifact
-    encoded = []
-    config = HeadsConfig(layer=1, max_note_tokens=64, max_notes={"train": 300, "val": 80}, tasks=["mortality"])
-    train_heads(Dataset.load(small_dataset), tiny_llama_dir, tmp_path / "again", config, cache=cache,
-                on_batch=encoded.append)
-    # every note was already in the cache: counted as done at once, nothing re-encoded
-    assert len(encoded) == 1
+
+    def no_model_runs(*args, **kwargs):
+        raise AssertionError("every note was cached: the model must not run")
+
+    monkeypatch.setattr("serving.scorer.NoteEncoder.encode", no_model_runs)
+    config = HeadsConfig(layers=(1, 2), max_note_tokens=64, max_notes={"train": 300, "val": 80})
+    out = train_heads(Dataset.load(small_dataset), tiny_llama_dir, tmp_path / "again", config, cache=cache)
+    assert (out / "heads.safetensors").exists()
 
 
 def test_fit_head_picks_c_on_validation_and_handles_a_class_missing_from_training():

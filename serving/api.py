@@ -1,0 +1,428 @@
+"""The HTTP API: FHIR R4 scoring, a plain JSON endpoint, and operations endpoints.
+
+`create_api(...)` builds the FastAPI app around a `ScoringBackend` (the Ray Serve scorer
+deployment in production, an in-process scorer in tests), the store and the authenticator.
+Every note follows one fixed sequence (`ScoringService.score_note`): parse, choose tasks,
+answer from the store if this exact note was scored before, score, build RiskAssessments,
+persist, audit, answer. A note is persisted before its answer is sent; bad input gets an
+OperationOutcome with a 4xx, and no error, log line or audit record carries note text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from integration.notes import ClinicalNote, NoteError, note_from_resource
+from lang1ops.tasks import NoteType, TaskContract
+from serving.auth import Principal, Role, require_role
+from serving.config import ApiSettings
+from serving.fhir_output import capability_statement, collection, operation_outcome, risk_assessments
+from serving.store import NewScore, Store
+
+log = logging.getLogger("lang1ops.api")
+FHIR_JSON = "application/fhir+json"
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR's id datatype
+REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+
+
+@dataclass
+class ScoreReply:
+    probabilities: dict[str, list[float]]
+    model_name: str
+    model_version: str
+    model_kind: str
+    note_tokens: int
+    truncated: bool
+    encoding: bytes | None = None
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    kind: str
+    contract: TaskContract
+
+
+class ScoringBackend(Protocol):
+    async def score(self, text: str, tasks: list[str]) -> ScoreReply: ...
+
+    async def model_info(self) -> ModelInfo: ...
+
+    async def contract_for(self, version: str) -> TaskContract: ...
+
+
+class ApiError(Exception):
+    """An error the caller sees as an OperationOutcome; `diagnostics` never holds note text."""
+
+    def __init__(self, status: int, code: str, diagnostics: str):
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics = status, code, diagnostics
+
+
+EXAMPLE_DOCUMENT = {
+    "resourceType": "DocumentReference", "id": "hp-123", "meta": {"versionId": "1"}, "status": "current",
+    "type": {"coding": [{"system": "http://loinc.org", "code": "34117-2", "display": "History and physical note"}]},
+    "subject": {"reference": "Patient/p-456"}, "context": {"encounter": [{"reference": "Encounter/e-789"}]},
+    "date": "2024-06-01T14:30:00Z",
+    "content": [{"attachment": {"contentType": "text/plain; charset=utf-8",
+                                "data": "Q0M6IHNob3J0bmVzcyBvZiBicmVhdGguIEhQSTogNzggeW8gRiB3aXRoIENIRi4uLg=="}}],
+}
+
+# module level: with postponed annotations FastAPI resolves these names in the module's globals
+ScorerPrincipal = Annotated[Principal, Depends(require_role(Role.SCORER))]
+ReaderPrincipal = Annotated[Principal, Depends(require_role(Role.READER))]
+AdminPrincipal = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+def idempotency_key(note: ClinicalNote, tasks: list[str] | None) -> str:
+    """Same DocumentReference id and version (or, without a version, the same content) and
+    the same tasks asked: the same stored answer."""
+    if note.resource_id and note.version_id:
+        key = f"{note.resource_type}/{note.resource_id}/_history/{note.version_id}"
+    elif note.resource_id:
+        key = f"{note.resource_type}/{note.resource_id}#sha256:{note.text_sha256}"
+    else:
+        key = f"sha256:{note.text_sha256}"
+    return key + (f"?tasks={','.join(sorted(tasks))}" if tasks else "")
+
+
+class ScoringService:
+    def __init__(self, backend: ScoringBackend, store: Store, settings: ApiSettings,
+                 shadow: ScoringBackend | None = None):
+        self.backend, self.store, self.settings, self.shadow = backend, store, settings, shadow
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    async def score_note(self, resource: Any, principal: Principal, tasks: list[str] | None, source: str,
+                         request_id: str) -> tuple[list[dict], str, bool]:
+        """(RiskAssessments, model version, replayed?) for one FHIR resource."""
+        if not isinstance(resource, dict):
+            raise ApiError(400, "structure", "expected a JSON object (a FHIR resource)")
+        try:
+            note = note_from_resource(resource, max_bytes=self.settings.max_note_bytes)
+        except NoteError as err:
+            raise ApiError(err.http_status, err.issue_code, err.message) from None
+        if not note.patient_id:
+            raise ApiError(422, "required", f"{note.resource_type}.subject is required to assess a patient's risk")
+        for what, value in (("id", note.resource_id), ("subject", note.patient_id), ("encounter", note.encounter_id),
+                            ("meta.versionId", note.version_id)):
+            if value is not None and not FHIR_ID.fullmatch(value):
+                raise ApiError(400, "value", f"{note.resource_type}.{what} is not a valid FHIR id "
+                                             "([A-Za-z0-9-.], at most 64 characters)")
+        info = await self.backend.model_info()
+        chosen = self.choose_tasks(note, tasks, info.contract)
+        key = idempotency_key(note, tasks)
+        stored = await run_in_threadpool(self.store.find_score, key)
+        if stored is not None:
+            return stored.response, stored.model_version, True
+        started = time.perf_counter()
+        reply = await self.backend.score(note.text, chosen)
+        # the answer is described by the contract of the version that answered (a new champion may have arrived)
+        contract = await self.backend.contract_for(reply.model_version)
+        scored_at = datetime.now(UTC)
+        resources = risk_assessments(note, contract, reply.probabilities, idempotency_key=key,
+                                     model_name=reply.model_name, model_version=reply.model_version, scored_at=scored_at,
+                                     bands=self.settings.risk_bands or None)
+        record = NewScore(
+            idempotency_key=key, request_id=request_id, resource_type=note.resource_type, resource_id=note.resource_id,
+            version_id=note.version_id, text_sha256=note.text_sha256, note_type=str(note.note_type or ""),
+            patient_id=note.patient_id, encounter_id=note.encounter_id, note_date=note.date, model_name=reply.model_name,
+            model_version=reply.model_version, model_kind=reply.model_kind, shadow=False, source=source,
+            probabilities=reply.probabilities, response=resources, note_tokens=reply.note_tokens, truncated=reply.truncated,
+            latency_ms=(time.perf_counter() - started) * 1000, encoding=reply.encoding, scored_at=scored_at)
+        saved, created = await run_in_threadpool(self.store.save_score, record)
+        if self.shadow is not None and created:
+            task = asyncio.create_task(self._score_shadow(note, chosen, key, request_id, source))
+            self._shadow_tasks.add(task)  # keep a reference until it finishes
+            task.add_done_callback(self._shadow_tasks.discard)
+        return saved.response, saved.model_version, not created
+
+    async def _score_shadow(self, note: ClinicalNote, tasks: list[str], key: str, request_id: str, source: str) -> None:
+        """The challenger answers the same note; stored with shadow=True, never returned.
+        Best effort: a missing or failing challenger never affects the caller."""
+        try:
+            reply = await self.shadow.score(note.text, tasks)
+            contract = await self.shadow.contract_for(reply.model_version)
+            resources = risk_assessments(note, contract, reply.probabilities, idempotency_key=key,
+                                         model_name=reply.model_name, model_version=reply.model_version,
+                                         scored_at=datetime.now(UTC), bands=self.settings.risk_bands or None)
+            await run_in_threadpool(self.store.save_score, NewScore(
+                idempotency_key=key, request_id=request_id, resource_type=note.resource_type, resource_id=note.resource_id,
+                version_id=note.version_id, text_sha256=note.text_sha256, note_type=str(note.note_type or ""),
+                patient_id=note.patient_id, encounter_id=note.encounter_id, note_date=note.date,
+                model_name=reply.model_name, model_version=reply.model_version, model_kind=reply.model_kind, shadow=True,
+                source=source, probabilities=reply.probabilities, response=resources, note_tokens=reply.note_tokens,
+                truncated=reply.truncated, latency_ms=0.0, encoding=reply.encoding))
+        except Exception as exc:
+            log.warning("shadow scoring skipped: %s", type(exc).__name__)
+
+    @staticmethod
+    def choose_tasks(note: ClinicalNote, tasks: list[str] | None, contract: TaskContract) -> list[str]:
+        if tasks:
+            unknown = [t for t in tasks if t not in contract.names]
+            if unknown:
+                raise ApiError(400, "value", f"unknown task(s) {', '.join(unknown)}; this model answers "
+                                             f"{', '.join(contract.names)}")
+            return tasks
+        chosen = [t.name for t in contract.tasks_for(note.note_type)] if note.note_type else []
+        if not chosen:
+            kinds = ", ".join(f"{s.display} (LOINC {', '.join(s.loinc)})" for s in contract.note_types)
+            raise ApiError(422, "not-supported", f"the document type is not one this model scores ({kinds}); "
+                                                 "ask for tasks explicitly with the `task` parameter")
+        return chosen
+
+
+def parse_tasks(raw: list[str] | None) -> list[str] | None:
+    if not raw:
+        return None
+    tasks = [t.strip() for item in raw for t in item.split(",") if t.strip()]
+    return tasks or None
+
+
+async def read_json_body(request: Request, settings: ApiSettings) -> Any:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ACCEPTED_TYPES:
+        raise ApiError(415, "not-supported", f"content type {media or '(none)'} is not supported; send {FHIR_JSON}")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise ApiError(413, "too-long", f"request body over {settings.max_body_bytes} bytes")
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise ApiError(413, "too-long", f"request body over {settings.max_body_bytes} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "structure", "request body is not valid UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ApiError(400, "structure", f"malformed JSON at line {err.lineno} column {err.colno}") from None
+
+
+def resource_of_parameters(body: dict) -> tuple[Any, list[str]]:
+    """A DocumentReference (or other note resource) and requested tasks from a Parameters."""
+    resource, tasks = None, []
+    for parameter in body.get("parameter") or []:
+        if not isinstance(parameter, dict):
+            continue
+        if parameter.get("name") in ("resource", "document", "documentReference") and "resource" in parameter:
+            resource = parameter["resource"]
+        elif parameter.get("name") == "task":
+            tasks.append(parameter.get("valueCode") or parameter.get("valueString") or "")
+    if resource is None:
+        raise ApiError(422, "required", "Parameters must carry the note as a parameter named 'resource'")
+    return resource, [t for t in tasks if t]
+
+
+class PlainScoreRequest(BaseModel):
+    """A note for callers that do not speak FHIR."""
+
+    text: str = Field(description="The note text (UTF-8).", min_length=1)
+    note_type: NoteType | None = Field(None, description="admission_hp or discharge_summary; decides the tasks.")
+    tasks: list[str] | None = Field(None, description="Tasks to answer; default: those of the note type.")
+    patient_id: str = Field(description="Patient id the scores are about.")
+    encounter_id: str | None = None
+    note_id: str | None = Field(None, description="Your id for the note; with the text, makes re-posts idempotent.")
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "text": "CC: shortness of breath. HPI: 78 yo F with CHF presents with worsening dyspnea ...",
+        "note_type": "admission_hp", "patient_id": "p123", "encounter_id": "e456", "note_id": "n789"}]}}
+
+
+class PlainScore(BaseModel):
+    probabilities: dict[str, float]
+    risk: str | None = None
+
+
+class PlainScoreResponse(BaseModel):
+    request_id: str
+    model: dict[str, str]
+    scores: dict[str, PlainScore]
+    replayed: bool
+
+
+def create_api(backend: ScoringBackend, store: Store, authenticator, settings: ApiSettings | None = None,
+               metrics_text=None, software_version: str = "0.1.0", shadow: ScoringBackend | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    app = FastAPI(title="lang1-ops", version=software_version,
+                  description="Operational risk from clinical notes (readmission, mortality, length of stay, Charlson "
+                              "index, claim denial) over FHIR R4, with finetuned Lang1-style language models.")
+    app.state.authenticator = authenticator
+    service = ScoringService(backend, store, settings, shadow)
+    app.state.service = service
+    started = datetime.now(UTC)
+
+    def fhir(content: Any, status: int = 200, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(content, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+    @app.middleware("http")
+    async def request_id_and_audit(request: Request, call_next):
+        given = request.headers.get("x-request-id", "")
+        # a caller's request id is echoed and audited only when it is a plain token
+        request.state.request_id = given if REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        request.state.started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        await audit(request, None, "error", exc.status, exc.code, exc.diagnostics)
+        return fhir(operation_outcome(exc.code, exc.diagnostics), exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        code = "security" if exc.status_code in (401, 403) else "not-found" if exc.status_code == 404 else "processing"
+        if exc.status_code in (401, 403):
+            await audit(request, None, "denied", exc.status_code, code, str(exc.detail))
+        return fhir(operation_outcome(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        where = "; ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:8])
+        return fhir(operation_outcome("invalid", f"invalid request: {where}"), 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # the exception's text may quote input: only its type and the request id are logged
+        log.error("unexpected %s in request %s", type(exc).__name__, getattr(request.state, "request_id", "?"),
+                  exc_info=os.environ.get("LANG1OPS_DEBUG_TRACEBACKS") == "1")
+        await audit(request, None, "error", 500, "exception", type(exc).__name__)
+        return fhir(operation_outcome("exception", f"internal error; request id {request.state.request_id}"), 500)
+
+    async def audit(request: Request, principal: Principal | None, outcome: str, status: int, code: str | None,
+                    detail: str = "", resource_ids: list[str] | None = None, action: str | None = None) -> None:
+        try:
+            await run_in_threadpool(
+                store.audit, request_id=request.state.request_id, actor=principal.subject if principal else None,
+                role=",".join(sorted(principal.roles)) if principal else None, action=action or request.url.path,
+                endpoint=f"{request.method} {request.url.path}", resource_type=None, resource_ids=resource_ids or [],
+                outcome=outcome if outcome == "ok" else (code or outcome), http_status=status,
+                latency_ms=(time.perf_counter() - request.state.started) * 1000, detail=detail[:300])
+        except Exception as exc:  # an audit failure must not turn an answer into an error
+            log.error("audit write failed: %s", type(exc).__name__)
+
+    @app.post("/fhir/DocumentReference/$score", tags=["FHIR"], summary="Score one note",
+              response_description="A Bundle (collection) of RiskAssessments, one per task",
+              openapi_extra={"requestBody": {"required": True, "content": {FHIR_JSON: {"example": EXAMPLE_DOCUMENT}}}})
+    async def score_document(request: Request, principal: ScorerPrincipal,
+                             task: Annotated[list[str] | None, Query(description="Tasks to answer (repeat or comma-separate)")] = None):
+        """POST a DocumentReference, DiagnosticReport or Composition, or a Parameters carrying one
+        (parameter `resource`, optional `task` codes)."""
+        body = await read_json_body(request, settings)
+        tasks = parse_tasks(task)
+        if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+            body, in_parameters = resource_of_parameters(body)
+            tasks = tasks or in_parameters or None
+        resources, version, replayed = await service.score_note(body, principal, tasks, "api", request.state.request_id)
+        ids = [f"{body.get('resourceType')}/{body.get('id')}"] if isinstance(body, dict) and body.get("id") else []
+        await audit(request, principal, "ok", 200, None, "replayed" if replayed else "", ids, "score")
+        return fhir(collection(resources), headers={"X-Model-Version": version, "X-Idempotent-Replay": str(replayed).lower()})
+
+    @app.post("/fhir", tags=["FHIR"], summary="Batch: a Bundle of notes to score",
+              openapi_extra={"requestBody": {"required": True, "content": {FHIR_JSON: {"example": {
+                  "resourceType": "Bundle", "type": "batch",
+                  "entry": [{"resource": EXAMPLE_DOCUMENT,
+                             "request": {"method": "POST", "url": "DocumentReference/$score"}}]}}}}})
+    async def batch(request: Request, principal: ScorerPrincipal):
+        """A `batch` Bundle whose entries are notes (request POST DocumentReference/$score or no
+        request); answered with a `batch-response` Bundle, each entry succeeding or failing alone."""
+        body = await read_json_body(request, settings)
+        if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or body.get("type") != "batch":
+            raise ApiError(400, "invalid", "POST /fhir takes a Bundle of type batch")
+        entries = body.get("entry") or []
+        if len(entries) > settings.max_batch_entries:
+            raise ApiError(413, "too-long", f"at most {settings.max_batch_entries} entries per batch")
+        out, versions, ids = [], set(), []
+        for entry in entries:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            try:
+                resources, version, _ = await service.score_note(resource, principal, None, "api", request.state.request_id)
+                versions.add(version)
+                out.append({"resource": collection(resources), "response": {"status": "200 OK"}})
+                if isinstance(resource, dict) and resource.get("id"):
+                    ids.append(f"{resource.get('resourceType')}/{resource['id']}")
+            except ApiError as err:
+                out.append({"resource": operation_outcome(err.code, err.diagnostics),
+                            "response": {"status": str(err.status), "outcome": operation_outcome(err.code, err.diagnostics)}})
+        await audit(request, principal, "ok", 200, None, f"{len(entries)} entries", ids, "score-batch")
+        return fhir({"resourceType": "Bundle", "type": "batch-response", "entry": out},
+                    headers={"X-Model-Version": ",".join(sorted(versions))})
+
+    @app.get("/fhir/metadata", tags=["FHIR"], summary="CapabilityStatement")
+    async def metadata():
+        info = await backend.model_info()
+        return fhir(capability_statement(settings.base_url, software_version, info.contract, started))
+
+    @app.post("/v1/score", tags=["JSON"], response_model=PlainScoreResponse, summary="Score one note (plain JSON)")
+    async def score_plain(request: Request, body: PlainScoreRequest, principal: ScorerPrincipal):
+        resource = {"resourceType": "DocumentReference", "status": "current", "id": body.note_id,
+                    "subject": {"reference": f"Patient/{body.patient_id}"},
+                    "content": [{"attachment": {"contentType": "text/plain; charset=utf-8",
+                                                "data": _b64(body.text)}}]}
+        if not body.note_id:
+            del resource["id"]
+        if body.encounter_id:
+            resource["context"] = {"encounter": [{"reference": f"Encounter/{body.encounter_id}"}]}
+        if body.note_type:
+            info = await backend.model_info()
+            spec = next(s for s in info.contract.note_types if s.name == body.note_type)
+            resource["type"] = {"coding": [{"system": "http://loinc.org", "code": spec.loinc[0]}]}
+        resources, version, replayed = await service.score_note(resource, principal, body.tasks, "api",
+                                                                 request.state.request_id)
+        await audit(request, principal, "ok", 200, None, "replayed" if replayed else "", [], "score")
+        return PlainScoreResponse(request_id=request.state.request_id, model={"version": version},
+                                  scores=plain_scores(resources), replayed=replayed)
+
+    @app.get("/healthz", tags=["ops"], include_in_schema=True)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz():
+        try:
+            info = await backend.model_info()
+        except Exception as exc:
+            return JSONResponse({"status": "not ready", "reason": type(exc).__name__}, status_code=503)
+        return {"status": "ready", "model": {"name": info.name, "version": info.version, "kind": info.kind}}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = metrics_text() if metrics_text else generate_latest()
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def plain_scores(resources: list[dict]) -> dict[str, PlainScore]:
+    out = {}
+    for r in resources:
+        task = r["identifier"][0]["value"].split("|")[-2]
+        probs = {p["outcome"]["coding"][0]["code"]: p["probabilityDecimal"] for p in r["prediction"]}
+        risk = r["prediction"][0].get("qualitativeRisk", {}).get("coding", [{}])[0].get("code")
+        out[task] = PlainScore(probabilities=probs, risk=risk)
+    return out
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")

@@ -1,0 +1,180 @@
+"""The Ray Serve application: a FastAPI ingress deployment and scorer replicas.
+
+```
+HTTP ──> Ingress (FastAPI: FHIR + JSON API, auth, store, audit)
+            └── handle ──> Scorer replicas (@serve.batch; one model version per batch)
+```
+The scorer's `user_config` names the model version; changing it (`serve.run` with the new
+config, done by `watch_registry` when the registry's champion changes) calls `reconfigure`
+on the running replicas, which load the new version beside the old one and swap it in
+between batches: no request is dropped and every answer names the one version that made it.
+
+`app_builder(args)` is the import path for Serve config files and KubeRay
+(`serving.app:app_builder`); `lang1ops serve` runs the same application locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from ray import serve
+
+from lang1ops.settings import Settings
+from serving.backends import ActiveModel, RayBackend, info_of, resolve_model, score_batch
+
+log = logging.getLogger("lang1ops.serve")
+
+
+@serve.deployment(name="scorer")
+class Scorer:
+    def __init__(self, settings_json: str):
+        self.settings = Settings.model_validate_json(settings_json)
+        s = self.settings.serving
+        import torch
+
+        # torch uses as many threads as the replica has CPUs, not the machine's
+        torch.set_num_threads(max(1, int(s.replica_cpus)))
+        self.active = ActiveModel()
+        self.loaded_ref: str | None = None
+        self.score.set_max_batch_size(s.max_batch_size)
+        self.score.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        ref = user_config.get("model_ref") or self.settings.serving.model_ref
+        try:
+            resolved = resolve_model(ref, self.settings.registry_dir, self.settings.model_name)
+        except KeyError:
+            if user_config.get("optional"):  # the shadow replica waits for a challenger to exist
+                log.info("no %s to serve yet", ref)
+                return
+            raise
+        if resolved.version == self.active.version and self.loaded_ref is not None:
+            return
+        s = self.settings.serving
+        # loading takes seconds: done in a thread so batches keep running on the old model
+        await asyncio.to_thread(self.active.load, resolved, self.settings.model.base_model_dir, s.device, s.dtype,
+                                s.max_batch_size, s.backend)
+        self.loaded_ref = ref
+        log.info("scorer replica now serves %s %s", self.settings.model_name, resolved.version)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def score(self, texts: list[str], tasks: list[list[str]], known_versions: list[list[str]]) -> list[dict]:
+        model, scorer = self.active.snapshot()  # one version for the whole batch
+        replies = await asyncio.to_thread(score_batch, model, scorer, texts, tasks)
+        for reply, known in zip(replies, known_versions, strict=True):
+            if model.version not in known:
+                reply["contract"] = model.contract.model_dump(mode="json")
+        return replies
+
+    async def model_info(self) -> dict:
+        model, _ = self.active.snapshot()
+        return info_of(model)
+
+
+def build_ingress_app(settings: Settings, handle, shadow_handle=None):
+    from serving.api import create_api
+    from serving.auth import Authenticator
+    from serving.store import Store
+
+    Path(settings.home).mkdir(parents=True, exist_ok=True)
+    return create_api(RayBackend(handle), Store(settings.serving.store_url), Authenticator(settings.serving.auth),
+                      settings.serving.api, shadow=RayBackend(shadow_handle) if shadow_handle else None)
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class Ingress:
+    """The FastAPI app (serving.api) as a deployment; scoring happens in the scorer replicas."""
+
+    def __init__(self, scorer_handle, settings_json: str, shadow_handle=None):
+        self.settings = Settings.model_validate_json(settings_json)
+        self.scorer_handle, self.shadow_handle = scorer_handle, shadow_handle
+
+    def __serve_build_asgi_app__(self):
+        # built inside the replica, after __init__: create_api stays plain FastAPI, free of Ray
+        return build_ingress_app(self.settings, self.scorer_handle, self.shadow_handle)
+
+
+def build_app(settings: Settings, model_ref: str | None = None):
+    s = settings.serving
+    settings_json = settings.model_dump_json()
+    scorer_options = {"max_ongoing_requests": max(s.max_ongoing_requests, s.max_batch_size),
+                      "ray_actor_options": {"num_cpus": s.replica_cpus, **({"num_gpus": 1} if s.device == "cuda" else {})},
+                      "user_config": {"model_ref": model_ref or s.model_ref}}
+    if s.autoscaling:
+        scorer_options["autoscaling_config"] = s.autoscaling.model_dump()
+    else:
+        scorer_options["num_replicas"] = s.scorer_replicas
+    scorer = Scorer.options(**scorer_options).bind(settings_json)
+    shadow = None
+    if s.shadow:  # the challenger on its own small replica; it waits if there is no challenger yet
+        shadow = Scorer.options(name="shadow", num_replicas=1, max_ongoing_requests=scorer_options["max_ongoing_requests"],
+                                ray_actor_options={"num_cpus": min(0.5, s.replica_cpus)},
+                                user_config={"model_ref": "challenger", "optional": True}).bind(settings_json)
+    return Ingress.options(num_replicas=1, max_ongoing_requests=max(64, 4 * s.max_ongoing_requests),
+                           ray_actor_options={"num_cpus": 0.5}).bind(scorer, settings_json, shadow)
+
+
+def app_builder(args: dict):
+    """Serve config entry point: `args` are Settings fields (as in the Helm chart's values)."""
+    return build_app(Settings.model_validate(args or {}))
+
+
+def resolved_champion(settings: Settings) -> str:
+    return resolve_model(settings.serving.model_ref, settings.registry_dir, settings.model_name).version
+
+
+def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.Event | None = None) -> None:
+    """Start local Ray and Serve, deploy, then follow the registry's champion until stopped."""
+    from lang1ops.ray_local import ensure_ray
+
+    ensure_ray()
+    serve.start(http_options={"host": settings.serving.host, "port": settings.serving.port})
+    version = resolved_champion(settings)
+    serve.run(build_app(settings, version), name="lang1ops", route_prefix="/")
+    if on_start:
+        on_start(version)
+    if blocking:
+        watch_registry(settings, version)
+
+
+def watch_registry(settings: Settings, version: str, should_stop=lambda: False) -> None:
+    """Redeploy with the new version whenever the registry's champion changes (a lightweight
+    Serve update: replicas reconfigure in place)."""
+    while not should_stop():
+        time.sleep(settings.serving.watch_interval_s)
+        try:
+            current = resolved_champion(settings)
+        except (KeyError, OSError) as exc:
+            log.warning("registry not readable: %s", type(exc).__name__)
+            continue
+        if current != version:
+            log.info("champion changed %s -> %s: reconfiguring scorer replicas", version, current)
+            serve.run(build_app(settings, current), name="lang1ops", route_prefix="/", blocking=False)
+            version = current
+
+
+
+def serve_config(settings: Settings) -> dict:
+    """A Ray Serve config file (`serve deploy`, KubeRay RayService `serveConfigV2`) generated
+    from the same settings the service reads, so a cluster runs what `lang1ops serve` runs."""
+    s = settings.serving
+    scorer: dict = {"name": "scorer", "max_ongoing_requests": max(s.max_ongoing_requests, s.max_batch_size),
+                    "ray_actor_options": {"num_cpus": s.replica_cpus, **({"num_gpus": 1} if s.device == "cuda" else {})},
+                    "user_config": {"model_ref": s.model_ref}}
+    if s.autoscaling:
+        scorer["autoscaling_config"] = s.autoscaling.model_dump()
+    else:
+        scorer["num_replicas"] = s.scorer_replicas
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": s.host, "port": s.port},
+        "applications": [{
+            "name": "lang1ops", "route_prefix": "/", "import_path": "serving.app:app_builder",
+            "args": settings.model_dump(mode="json"),
+            "deployments": [scorer, {"name": "ingress", "num_replicas": 1}],
+        }],
+    }

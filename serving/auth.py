@@ -1,0 +1,514 @@
+"""Bearer authentication for the lang1-ops API: hashed API keys and JWTs from allow-listed issuers.
+
+Every endpoint except health, readiness, metrics, FHIR ``metadata`` and CDS Hooks discovery
+takes ``Authorization: Bearer <credential>``, where the credential is either
+
+* an API key, stored in the settings only as its SHA-256 hex digest (``hash_api_key``) and
+  compared in constant time, or
+* a JWT access token from an allow-listed issuer, verified with PyJWT against that issuer's
+  JWKS (inline, or fetched with httpx, cached for ``jwks_ttl_s`` and refetched once, rate
+  limited, when a token names an unknown ``kid``, i.e. after a key rotation).
+
+JWT rules: only asymmetric algorithms (never ``none`` or ``HS*``, so a public key can never be
+used as an HMAC secret); the token's ``iss`` must be allow-listed before any key is looked up;
+``kid`` is required and selects the key, whose type (and curve) must match ``alg``; ``exp``,
+``iat``, ``iss`` and ``aud`` are required; ``jku``, ``x5u`` and embedded ``jwk`` headers are
+ignored (keys only ever come from the configured JWKS); tokens with ``crit`` are refused.
+Roles come from the issuer's ``roles_claim`` (space-separated scopes or a list), keeping the
+entries that start with ``scope_prefix`` (``lang1ops/scorer`` -> ``scorer``).
+
+Errors never contain the token; ``AuthError.message`` is a short fixed phrase that is safe to
+return to the client, and ``AuthError.www_authenticate`` is an RFC 6750 challenge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+logger = logging.getLogger(__name__)
+
+REALM = "lang1-ops"
+DEFAULT_SCOPE_PREFIX = "lang1ops/"
+MAX_CREDENTIAL_CHARS = 16_384
+MAX_JWKS_BYTES = 1_048_576
+MIN_RSA_BITS = 2048
+
+# Algorithm -> (JWK kty, required crv or None). Only asymmetric algorithms exist here, so
+# "none" and HS* can never be configured, and a key is only used with an algorithm of its type.
+_ALGORITHM_KEY_TYPES: dict[str, tuple[str, str | None]] = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+}
+SUPPORTED_ALGORITHMS = frozenset(_ALGORITHM_KEY_TYPES)
+_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud"]
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_SUBJECT_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}$")
+
+
+class Role(StrEnum):
+    SCORER = "scorer"
+    READER = "reader"
+    ADMIN = "admin"  # implies every other role
+
+
+class ApiKey(BaseModel):
+    """One API key, stored only as the SHA-256 hex digest of the key (see ``hash_api_key``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Shown as the principal's subject.")
+    key_sha256: str = Field(description="hash_api_key(key): 64 hex digits; the key itself is never stored.")
+    roles: set[Role] = Field(min_length=1)
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("key_sha256 must be a SHA-256 hex digest (64 hex digits), not the key itself")
+        return value
+
+
+class JwtIssuer(BaseModel):
+    """One allow-listed token issuer and how to verify its tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(min_length=1, description="The exact `iss` value allowed.")
+    jwks_url: str | None = Field(None, description="HTTPS URL of the issuer's JWKS (http only for loopback).")
+    jwks: dict[str, Any] | None = Field(None, description="Inline JWKS (tests, air-gapped sites).")
+    audience: str = Field(min_length=1, description="Required `aud` value.")
+    roles_claim: str = Field("scope", min_length=1, description="Claim holding scopes or roles.")
+    scope_prefix: str = Field(DEFAULT_SCOPE_PREFIX, description="Only scopes with this prefix grant roles.")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS384", "ES384"], min_length=1)
+    leeway_s: int = Field(30, ge=0, le=300)
+    jwks_ttl_s: int = Field(3600, ge=1, description="How long a fetched JWKS is used before refetching.")
+    jwks_refetch_min_interval_s: int = Field(
+        30,
+        ge=0,
+        description="Minimum time between JWKS fetches (unknown `kid` floods cannot hammer the IdP).",
+    )
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [alg for alg in value if alg not in SUPPORTED_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"unsupported JWT algorithms {bad}; allowed: {sorted(SUPPORTED_ALGORITHMS)} (never none or HS*)"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _secure_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        loopback = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise ValueError("jwks_url must be an https URL (plain http is only allowed for loopback)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuer:
+        if (self.jwks_url is None) == (self.jwks is None):
+            raise ValueError(f"issuer {self.issuer!r}: set exactly one of jwks_url or jwks")
+        if self.jwks is not None and not parse_jwks(self.jwks):
+            raise ValueError(f"issuer {self.issuer!r}: the inline jwks has no usable signing key")
+        return self
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    issuers: list[JwtIssuer] = Field(default_factory=list)
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Requests without credentials act as an anonymous admin. Never in production; local demos only.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthSettings:
+        for what, values in (
+            ("api key name", [k.name for k in self.api_keys]),
+            ("api key digest", [k.key_sha256 for k in self.api_keys]),
+            ("issuer", [i.issuer for i in self.issuers]),
+        ):
+            if len(values) != len(set(values)):
+                raise ValueError(f"duplicate {what} in auth settings")
+        return self
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: never PHI, only a key name or a token's sub/client_id."""
+
+    subject: str
+    roles: frozenset[Role]
+    method: str  # "api-key:<name>", "jwt:<iss>" or "unauthenticated"
+
+    def has_role(self, role: Role) -> bool:
+        return role in self.roles or Role.ADMIN in self.roles
+
+
+class AuthError(Exception):
+    """401 (no valid credential) or 403 (valid credential, missing role). Safe to show."""
+
+    code = "security"  # FHIR OperationOutcome issue code
+
+    def __init__(self, status_code: int, message: str, *, error: str | None = None, scope: str | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.error = error
+        self.www_authenticate = _challenge(error, message, scope)
+
+
+def _challenge(error: str | None, description: str, scope: str | None) -> str:
+    params = [f'realm="{REALM}"']
+    if error:  # RFC 6750 §3: no error code when the request had no credentials at all
+        params.append(f'error="{error}"')
+        params.append(f'error_description="{_quote_safe(description)}"')
+    if scope:
+        params.append(f'scope="{_quote_safe(scope)}"')
+    return "Bearer " + ", ".join(params)
+
+
+def _quote_safe(text: str) -> str:
+    return "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F and ch not in '"\\')
+
+
+def _unauthorized(message: str, error: str = "invalid_token") -> AuthError:
+    return AuthError(401, message, error=error)
+
+
+def hash_api_key(key: str) -> str:
+    """The SHA-256 hex digest stored in the settings in place of the key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def generate_api_key() -> tuple[str, str]:
+    """A new random API key and its digest: hand out the key, store only the digest."""
+    key = "l1o_" + secrets.token_urlsafe(32)
+    return key, hash_api_key(key)
+
+
+# --- JWKS -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _JwkKey:
+    kid: str
+    kty: str
+    crv: str | None
+    alg: str | None  # the JWK's declared `alg`, if any
+    key: Any  # a cryptography public key
+
+    def fits(self, alg: str) -> bool:
+        kty, crv = _ALGORITHM_KEY_TYPES[alg]
+        return self.kty == kty and (crv is None or self.crv == crv) and self.alg in (None, alg)
+
+
+def parse_jwks(data: Any) -> dict[str, list[_JwkKey]]:
+    """Usable public signing keys of a JWKS by `kid`; unusable entries are skipped, never fatal.
+
+    Skipped: no `kid`, `use` other than "sig", symmetric ("oct") or unknown key types, curves
+    without a configured algorithm, RSA keys under 2048 bits. Private members are dropped, so
+    only public keys are ever built.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("a JWKS is an object with a 'keys' list")
+    keys: dict[str, list[_JwkKey]] = {}
+    for entry in data["keys"]:
+        if not isinstance(entry, dict):
+            continue
+        kid, kty, crv, alg = entry.get("kid"), entry.get("kty"), entry.get("crv"), entry.get("alg")
+        if not isinstance(kid, str) or not kid or entry.get("use", "sig") != "sig":
+            continue
+        if alg is not None and alg not in SUPPORTED_ALGORITHMS:
+            continue
+        parse_alg = next(
+            (a for a, (t, c) in _ALGORITHM_KEY_TYPES.items() if t == kty and c in (None, crv)), None
+        )
+        if parse_alg is None or (kty == "OKP" and crv not in {"Ed25519", "Ed448"}):
+            continue
+        public = {k: v for k, v in entry.items() if k not in _PRIVATE_JWK_MEMBERS}
+        try:
+            key = jwt.PyJWK(public, algorithm=parse_alg).key
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            logger.warning("skipping an unparseable JWKS key (kid %.64r)", kid)
+            continue
+        if kty == "RSA" and getattr(key, "key_size", 0) < MIN_RSA_BITS:
+            logger.warning("skipping an RSA JWKS key under %d bits (kid %.64r)", MIN_RSA_BITS, kid)
+            continue
+        keys.setdefault(kid, []).append(_JwkKey(kid, kty, crv, alg, key))
+    return keys
+
+
+class _IssuerKeys:
+    """One issuer's keys: inline, or fetched and cached with a TTL; thread safe, single flight."""
+
+    def __init__(self, config: JwtIssuer):
+        self.config = config
+        self._lock = threading.Lock()
+        self._keys: dict[str, list[_JwkKey]] = parse_jwks(config.jwks) if config.jwks is not None else {}
+        self._fetched_at: float | None = None
+        self._last_attempt: float | None = None
+
+    def keys_for(self, kid: str, http: Callable[[], httpx.Client], now: float) -> list[_JwkKey]:
+        if self.config.jwks_url is None:
+            return self._keys.get(kid, [])
+        with self._lock:
+            if self._fetched_at is None or now - self._fetched_at >= self.config.jwks_ttl_s:
+                self._refresh(http, now)
+            if kid not in self._keys:  # key rotation: refetch once (rate limited) before refusing
+                self._refresh(http, now)
+            return self._keys.get(kid, [])
+
+    def _refresh(self, http: Callable[[], httpx.Client], now: float) -> None:
+        if (
+            self._last_attempt is not None
+            and now - self._last_attempt < self.config.jwks_refetch_min_interval_s
+        ):
+            return
+        self._last_attempt = now
+        url = self.config.jwks_url
+        try:
+            response = http().get(url, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            if len(response.content) > MAX_JWKS_BYTES:
+                raise ValueError("JWKS response too large")
+            keys = parse_jwks(response.json())
+            if not keys:
+                raise ValueError("JWKS has no usable signing key")
+        except (httpx.HTTPError, ValueError) as exc:
+            # Keep the previous keys (if any): an IdP outage must not lock out valid tokens.
+            logger.warning(
+                "JWKS fetch failed for issuer %r from %s: %s", self.config.issuer, url, type(exc).__name__
+            )
+            return
+        self._keys = keys
+        self._fetched_at = now
+        logger.info("JWKS for issuer %r fetched: %d key ids", self.config.issuer, len(keys))
+
+
+# --- Authenticator --------------------------------------------------------------------------
+
+
+class Authenticator:
+    """Turns an ``Authorization`` header into a Principal, or raises AuthError."""
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        http: httpx.Client | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.settings = settings
+        self._http = http
+        self._owns_http = http is None
+        self._http_lock = threading.Lock()
+        self._clock = clock
+        self._issuers = {config.issuer: _IssuerKeys(config) for config in settings.issuers}
+        if settings.allow_unauthenticated:
+            logger.warning("authentication is OFF for requests without credentials (allow_unauthenticated)")
+
+    def _client(self) -> httpx.Client:
+        with self._http_lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=httpx.Timeout(5.0), follow_redirects=False)
+            return self._http
+
+    def close(self) -> None:
+        if self._owns_http and self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def authenticate(self, authorization_header: str | None) -> Principal:
+        if authorization_header is None or not authorization_header.strip():
+            if self.settings.allow_unauthenticated:
+                return Principal("anonymous", frozenset(Role), "unauthenticated")
+            raise AuthError(401, "missing bearer token")
+        scheme, _, credential = authorization_header.strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential or any(ch.isspace() for ch in credential):
+            raise _unauthorized("authorization must be 'Bearer <token>'", error="invalid_request")
+        if len(credential) > MAX_CREDENTIAL_CHARS:
+            raise _unauthorized("invalid credentials")
+        principal = self._api_key_principal(credential)
+        if principal is not None:
+            return principal
+        if self._issuers and credential.count(".") == 2:
+            return self._jwt_principal(credential)
+        raise _unauthorized("invalid credentials")
+
+    def require(self, principal: Principal, role: Role) -> None:
+        if not principal.has_role(role):
+            raise AuthError(
+                403,
+                f"requires the {role.value} role",
+                error="insufficient_scope",
+                scope=DEFAULT_SCOPE_PREFIX + role.value,
+            )
+
+    def _api_key_principal(self, credential: str) -> Principal | None:
+        digest = hash_api_key(credential)
+        match: ApiKey | None = None
+        for api_key in self.settings.api_keys:  # no early exit: time does not depend on which key
+            if hmac.compare_digest(digest, api_key.key_sha256):
+                match = api_key
+        if match is None:
+            return None
+        return Principal(match.name, frozenset(match.roles), f"api-key:{match.name}")
+
+    def _jwt_principal(self, token: str) -> Principal:
+        try:
+            return self._verify_jwt(token)
+        except AuthError:
+            raise
+        except Exception as exc:  # fail closed on anything unexpected from parsing/crypto
+            logger.warning("JWT rejected: unexpected %s", type(exc).__name__)
+            raise _unauthorized("invalid token") from None
+
+    def _verify_jwt(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise _unauthorized("invalid token") from None
+        iss = unverified.get("iss")
+        issuer_keys = self._issuers.get(iss) if isinstance(iss, str) else None
+        if issuer_keys is None:  # before any key lookup: unknown issuers cause no JWKS traffic
+            raise _unauthorized("token issuer not accepted")
+        config = issuer_keys.config
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in config.algorithms:
+            raise _unauthorized("token algorithm not accepted")
+        if "crit" in header:
+            raise _unauthorized("token uses unsupported critical headers")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > 256:
+            raise _unauthorized("token has no key id")
+        candidates = [k for k in issuer_keys.keys_for(kid, self._client, self._clock()) if k.fits(alg)]
+        if not candidates:
+            raise _unauthorized("token signing key not recognised")
+        for candidate in candidates:
+            try:
+                claims = jwt.decode(
+                    token,
+                    candidate.key,
+                    algorithms=[alg],
+                    audience=config.audience,
+                    issuer=config.issuer,
+                    leeway=config.leeway_s,
+                    options={"require": _REQUIRED_CLAIMS, "verify_signature": True},
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.ExpiredSignatureError:
+                raise _unauthorized("token expired") from None
+            except jwt.ImmatureSignatureError:
+                raise _unauthorized("token not yet valid") from None
+            except jwt.InvalidAudienceError:
+                raise _unauthorized("token audience not accepted") from None
+            except jwt.InvalidIssuerError:
+                raise _unauthorized("token issuer not accepted") from None
+            except jwt.MissingRequiredClaimError as exc:
+                claim = exc.claim if exc.claim in _REQUIRED_CLAIMS else "a claim"
+                raise _unauthorized(f"token lacks required claim {claim}") from None
+            except jwt.PyJWTError:
+                raise _unauthorized("invalid token") from None
+            return Principal(self._subject(claims), self._roles(claims, config), f"jwt:{config.issuer}")
+        raise _unauthorized("token signature invalid")
+
+    @staticmethod
+    def _subject(claims: dict[str, Any]) -> str:
+        for name in ("sub", "client_id"):
+            value = claims.get(name)
+            if isinstance(value, str) and _SUBJECT_RE.match(value):
+                return value
+        raise _unauthorized("token has no usable subject")
+
+    @staticmethod
+    def _roles(claims: dict[str, Any], config: JwtIssuer) -> frozenset[Role]:
+        value = claims.get(config.roles_claim)
+        if isinstance(value, str):
+            entries = value.split()
+        elif isinstance(value, list):
+            entries = [v for v in value if isinstance(v, str)]
+        else:
+            entries = []
+        prefix = config.scope_prefix
+        names = {e[len(prefix) :] for e in entries if e.startswith(prefix)}
+        return frozenset(role for role in Role if role.value in names)
+
+
+# --- FastAPI --------------------------------------------------------------------------------
+
+# Declared so OpenAPI shows the bearer scheme; the header itself is parsed by the Authenticator.
+_bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API key or a JWT access token from an allowed issuer.",
+)
+
+
+def require_role(role: Role) -> Callable[..., Principal]:
+    """A FastAPI dependency: the authenticated Principal holding `role` (admin holds every role).
+
+    Uses the Authenticator on ``request.app.state.authenticator``; failures become an
+    HTTPException (401 or 403) with a ``WWW-Authenticate: Bearer ...`` challenge. The
+    principal is also left on ``request.state.principal`` for audit logging.
+    """
+
+    def dependency(
+        request: Request,
+        _credentials: HTTPAuthorizationCredentials | None = Security(_bearer_scheme),
+    ) -> Principal:
+        authenticator = getattr(request.app.state, "authenticator", None)
+        if not isinstance(authenticator, Authenticator):
+            logger.error("no Authenticator on app.state.authenticator: refusing the request")
+            raise HTTPException(500, "authentication is not configured")
+        headers = request.headers.getlist("authorization")
+        try:
+            if len(headers) > 1:
+                raise _unauthorized("only one authorization header is allowed", error="invalid_request")
+            principal = authenticator.authenticate(headers[0] if headers else None)
+            authenticator.require(principal, role)
+        except AuthError as exc:
+            raise HTTPException(
+                exc.status_code, exc.message, headers={"WWW-Authenticate": exc.www_authenticate}
+            ) from None
+        request.state.principal = principal
+        return principal
+
+    dependency.__name__ = f"require_{role.value}"
+    return dependency

@@ -1,0 +1,123 @@
+"""`lang1ops serve`: run the scoring service locally (Ray on 127.0.0.1), or print its Serve config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from lang1ops.settings import get_settings
+
+stdout = Console()
+
+
+def pid_file() -> Path:
+    return Path(get_settings().home) / "serve.pid"
+
+
+def serve(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: settings, 8000).")] = None,
+    model: Annotated[str | None, typer.Option(help="Registry alias or version to serve (default: champion).")] = None,
+    detach: Annotated[bool, typer.Option(help="Run in the background; stop with `lang1ops serve --stop`.")] = False,
+    stop: Annotated[bool, typer.Option(help="Stop a service started with --detach.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the Ray Serve config (YAML-compatible JSON).")] = False,
+) -> None:
+    """Serve the registry's champion over FHIR and JSON; follow promotions by hot reload."""
+    settings = get_settings()
+    if port:
+        settings.serving.port = port
+    if model:
+        settings.serving.model_ref = model
+    if print_config:
+        from serving.app import serve_config
+
+        stdout.print_json(json.dumps(serve_config(settings)))
+        return
+    if stop:
+        stop_detached()
+        return
+    if detach:
+        start_detached(settings.serving.port, model)
+        return
+    from serving.app import run
+
+    def started(version: str) -> None:
+        base = f"http://{settings.serving.host}:{settings.serving.port}"
+        stdout.print(f"serving {settings.model_name} {version} at {base}  (FHIR base {base}/fhir, docs {base}/docs)")
+        stdout.print("following the registry's champion; Ctrl-C stops")
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        run(settings, on_start=started)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from ray import serve as ray_serve
+
+        try:
+            ray_serve.shutdown()
+        finally:
+            import ray
+
+            ray.shutdown()
+
+
+def start_detached(port: int, model: str | None) -> None:
+    import httpx
+
+    path = pid_file()
+    if path.exists() and _alive(int(path.read_text())):
+        stdout.print(f"already running (pid {path.read_text().strip()}); `lang1ops serve --stop` stops it")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.with_suffix(".log").open("ab")
+    args = [sys.executable, "-m", "lang1ops.cli", "serve", "--port", str(port)] + (["--model", model] if model else [])
+    process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, env=os.environ.copy())
+    path.write_text(str(process.pid))
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise typer.Exit(code=1)
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                stdout.print(f"service ready on http://127.0.0.1:{port} (pid {process.pid}, log {path.with_suffix('.log')})")
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stdout.print("service did not become ready in 240 s; see the log")
+    raise typer.Exit(code=1)
+
+
+def stop_detached() -> None:
+    path = pid_file()
+    if not path.exists():
+        stdout.print("no detached service")
+        return
+    pid = int(path.read_text())
+    if _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(60):
+            if not _alive(pid):
+                break
+            time.sleep(0.5)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    stdout.print(f"stopped (pid {pid})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,64 @@
+"""`lang1ops train | evaluate | registry` end to end on the tiny model and a small hospital."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lang1ops.cli import app
+from lang1ops.settings import get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def settings_env(monkeypatch, tmp_path, tiny_llama_dir):
+    monkeypatch.setenv("LANG1OPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LANG1OPS_REGISTRY_DIR", str(tmp_path / "registry"))
+    monkeypatch.setenv("LANG1OPS_ENCODING_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.setenv("LANG1OPS_MODEL__BASE_MODEL_DIR", str(tiny_llama_dir))
+    monkeypatch.setenv("LANG1OPS_MODEL__MAX_NOTE_TOKENS", "64")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_train_heads_register_evaluate_promote(settings_env, small_dataset):
+    artifact = settings_env / "heads"
+    result = runner.invoke(app, ["train", "--dataset", str(small_dataset), "--out", str(artifact), "--layers", "1,2",
+                                 "--max-train-notes", "300", "--max-val-notes", "80", "--register"])
+    assert result.exit_code == 0, result.output
+    assert "validation AUROC" in result.output and "registered lang1-ops v0001" in result.output
+
+    result = runner.invoke(app, ["evaluate", "--model", "v0001", "--dataset", str(small_dataset),
+                                 "--splits", "test,temporal_2024", "--max-notes", "60", "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    report = settings_env / "home" / "reports" / "lang1-ops-v0001"
+    metrics = json.loads((report / "metrics.json").read_text())
+    models = {r["model"] for r in metrics["rows"]}
+    assert models == {"heads (this model)", "TF-IDF baseline", "zero-shot"}
+    assert {r["split"] for r in metrics["rows"]} == {"test", "temporal_2024"}
+    for row in metrics["rows"]:
+        a = row["auroc"]
+        if a["estimate"] is not None and a["low"] is not None:
+            assert a["low"] <= a["estimate"] <= a["high"]
+    assert (report / "plots" / "roc_los_temporal_2024.png").stat().st_size > 1000
+    card = (report / "model_card.md").read_text()
+    assert "TF-IDF baseline" in card and "zero-shot" in card and "readmission" in card
+
+    result = runner.invoke(app, ["registry", "promote", "v0001", "--reason", "first model", "--actor", "tester"])
+    assert result.exit_code == 0 and "champion: v0001" in result.output
+    result = runner.invoke(app, ["registry", "list"])
+    assert "champion" in result.output and "heads" in result.output
+    result = runner.invoke(app, ["registry", "show", "champion"])
+    assert "verified" in result.output and "promote by tester: first model" in result.output
+
+
+def test_bad_references_and_tasks_are_clear_errors(settings_env, small_dataset):
+    result = runner.invoke(app, ["evaluate", "--model", "v0042", "--dataset", str(small_dataset)])
+    assert result.exit_code == 2 and "no model named" in result.output
+    result = runner.invoke(app, ["train", "--dataset", str(small_dataset), "--out", str(settings_env / "x"),
+                                 "--tasks", "sepsis"])
+    assert result.exit_code == 2 and "unknown task" in result.output
