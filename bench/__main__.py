@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-PARTS = ("generator", "training")
+PARTS = ("generator", "training", "scoring", "service", "memory", "gpu")
 
 
 def main(argv: list[str]) -> int:

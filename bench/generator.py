@@ -13,7 +13,7 @@ from lang1ops.synthetic import HospitalSpec, generate_hospital
 COMMAND = "python -m bench generator"
 
 
-def run(repeats: int = 3, patients: int = 4000) -> str:
+def run(repeats: int = 3, patients: int = 4000, doc: Path | None = None) -> str:
     seconds, encounters = [], []
     for i in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -34,5 +34,5 @@ Machine: {machine()}.
 | encounters per second | {rate.median:,.0f} | {rate.spread} |
 | seconds for 10,000 encounters | {per_10k:.1f} | target < 60: {"met" if per_10k < 60 else "MISSED"} |
 """
-    write_section("generator", body)
+    write_section("generator", body, doc)
     return body

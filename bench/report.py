@@ -62,12 +62,14 @@ def _version(package: str) -> str:
         return "absent"
 
 
-def write_section(name: str, body: str) -> Path:
-    text = DOC.read_text() if DOC.exists() else HEADER
+def write_section(name: str, body: str, doc: Path | None = None) -> Path:
+    """Replace section `name` of docs/benchmarks.md (or of `doc`: the smoke test writes elsewhere)."""
+    doc = Path(doc or DOC)
+    text = doc.read_text() if doc.exists() else HEADER
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-    return DOC
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return doc

@@ -369,18 +369,20 @@ def demo_serve(fhir: Path, workdir: Path, n_notes: int = 5) -> None:
             resource = json.loads(line)
             if resource["date"] >= "2024-06" and len(notes) < n_notes:
                 notes.append(resource)
-    table = Table(title=f"RiskAssessments from {base}/fhir/DocumentReference/$score")
-    for column in ("DocumentReference", "note", "task", "probabilities", "risk", "model"):
+    table = Table(title=f"RiskAssessments from POST {base}/fhir/DocumentReference/$score")
+    for column in ("note", "task", "probabilities", "risk", "model"):
         table.add_column(column)
     for resource in notes:
         r = httpx.post(f"{base}/fhir/DocumentReference/$score", json=resource, timeout=120,
                        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/fhir+json"})
-        kind = resource["type"]["coding"][0]["display"]
-        for entry in r.json().get("entry", []):
+        kind = "H&P" if resource["type"]["coding"][0]["code"] == "34117-2" else "DS"
+        for i, entry in enumerate(r.json().get("entry", [])):
             ra = entry["resource"]
-            probs = " / ".join(f"{p['probabilityDecimal']:.3f}" for p in ra["prediction"])
+            probs = " / ".join(f"{p['probabilityDecimal']:.2f}" for p in ra["prediction"])
             risk = ra["prediction"][0].get("qualitativeRisk", {}).get("coding", [{}])[0].get("code", "")
-            table.add_row(resource["id"], kind, ra["code"]["text"], probs, risk, ra["method"]["coding"][0]["version"])
+            task = ra["identifier"][0]["value"].split("|")[-2]
+            table.add_row(f"{resource['id']} ({kind})" if i == 0 else "", task, probs, risk, ra["method"]["coding"][0]["version"],
+                          end_section=i == len(r.json()["entry"]) - 1)
     stdout.print(table)
     stdout.print(f"The service is still running at {base} (FHIR base {base}/fhir, API docs {base}/docs).\n"
                  f"Its API key is in {key_file} (send it as 'Authorization: Bearer <key>'). "

@@ -36,7 +36,7 @@ class Scorer:
         import torch
 
         # torch uses as many threads as the replica has CPUs, not the machine's
-        torch.set_num_threads(max(1, int(s.replica_cpus)))
+        torch.set_num_threads(s.torch_threads or max(1, int(s.replica_cpus)))
         self.active = ActiveModel()
         self.loaded_ref: str | None = None
         self.score.set_max_batch_size(s.max_batch_size)

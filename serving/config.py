@@ -57,7 +57,8 @@ class ServingSettings(BaseModel):
     dtype: str = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
     scorer_replicas: int = 1
     autoscaling: Autoscaling | None = Field(None, description="Autoscale scorer replicas instead of a fixed count.")
-    replica_cpus: float = Field(1.0, description="CPUs per scorer replica (torch threads follow it).")
+    replica_cpus: float = Field(1.0, description="CPUs Ray reserves per scorer replica.")
+    torch_threads: int | None = Field(None, description="Torch threads per scorer replica (default: replica_cpus).")
     max_batch_size: int = Field(8, description="@serve.batch size.")
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = Field(32, description="Per scorer replica; at least max_batch_size.")

@@ -121,6 +121,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
              c_grid: tuple[float, ...], seed: int) -> HeadFit:
     """Logistic regression with C chosen on validation AUROC; weights as (k, H) logits."""
+    present = np.unique(y_train)
+    if len(present) < 2:
+        # nothing to discriminate: predict the training prior (the card shows the task as untrained)
+        bias = np.full(n_classes, -30.0)
+        bias[present] = 0.0
+        return HeadFit(np.zeros((n_classes, x_train.shape[1])), bias, float("nan"), float("nan"), len(y_train))
     best: HeadFit | None = None
     for c in c_grid:
         clf = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x_train, y_train)

@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,13 +103,25 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
         on_total(sum(len(n) for n in notes.values()) * (2 if zero_shot else 1))
     rows, evaluations, fitted = [], [], {}
     plotted: dict[str, dict] = {}
+    ours_name = f"{manifest.kind.value} ({THIS})"
+    seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(name: str):
+        clock = time.perf_counter()
+        yield
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - clock
+
     for split in splits:
-        ours = predict(model, dataset, split, notes[split], on_batch)
-        by_model = {f"{manifest.kind.value} ({THIS})": ours.probs}
+        with timed(ours_name):
+            ours = predict(model, dataset, split, notes[split], on_batch)
+        by_model = {ours_name: ours.probs}
         if "tfidf" in baselines:
-            by_model["TF-IDF baseline"] = tfidf_predictions(dataset, tasks, split, ours.frames, fitted)
+            with timed("TF-IDF baseline"):  # includes fitting on the train split (once)
+                by_model["TF-IDF baseline"] = tfidf_predictions(dataset, tasks, split, ours.frames, fitted)
         if zero_shot is not None:
-            by_model["zero-shot"] = predict(zero_shot, dataset, split, notes[split], on_batch).probs
+            with timed("zero-shot"):
+                by_model["zero-shot"] = predict(zero_shot, dataset, split, notes[split], on_batch).probs
         for name, probs in by_model.items():
             for task in tasks:
                 frame = ours.frames[task]
@@ -132,7 +145,8 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
              "pooled layer": manifest.pooling.layer if manifest.pooling else None, "data": manifest.data,
              "hyperparameters": manifest.hyperparameters, "training wall time (s)": manifest.wall_time_s,
              "evaluated notes per split": {s: int(len(n)) for s, n in notes.items()},
-             "evaluation wall time (s)": round(time.perf_counter() - started, 1)}
+             "evaluation wall time (s)": round(time.perf_counter() - started, 1),
+             "scoring wall time by model (s)": {k: round(v, 1) for k, v in seconds.items()}}
     write_model_card(out_dir, f"Model card: {manifest.name} ({manifest.kind.value}, {manifest.method.value})", about, rows)
     metrics = {"splits": splits, "rows": rows, "evaluations": evaluations, "about": about}
     (out_dir / "metrics.json").write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False) + "\n")

@@ -58,3 +58,10 @@ def test_fit_head_picks_c_on_validation_and_handles_a_class_missing_from_trainin
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     assert probs[:, 3].max() < 1e-6  # class 3 never seen in training
+
+
+def test_a_task_with_one_class_in_training_gets_a_constant_prior_head():
+    x = np.random.default_rng(1).normal(size=(30, 4))
+    fit = fit_head(x[:20], np.zeros(20, dtype=int), x[20:], np.array([0, 1] * 5), n_classes=2, c_grid=(1.0,), seed=0)
+    logits = x[20:] @ fit.weight.T + fit.bias
+    assert np.isnan(fit.val_auroc) and np.allclose(logits, logits[0]) and logits[0, 0] > logits[0, 1]

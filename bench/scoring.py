@@ -1,0 +1,194 @@
+"""Scoring throughput on the CPU: the naive way against lang1-ops' scorer, and both against
+the machine's own matrix-multiply peak measured in the same run.
+
+(a) naive: what a hospital engineer writes first: for each note and each of the five tasks,
+    `model(prompt).logits[0, -1]` in fp32, batch size 1, plain transformers.
+(b) lang1-ops: `serving.scorer.MultitaskScorer`: the note encoded once, the five questions
+    branched off its cached keys/values, option logits only, notes batched, dtype auto.
+Both score the same 512-token notes with the same weights and must agree within 1e-3.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.report import Measurement, machine, write_section
+from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.prompts import PromptEncoder, score_naive
+from lang1ops.settings import get_settings
+from lang1ops.synthetic import HospitalSpec, generate_hospital
+from lang1ops.tasks import DEFAULT_CONTRACT
+from serving.scorer import MultitaskScorer, load_model
+from training.artifacts import zero_shot_artifact
+
+COMMAND = "python -m bench scoring"
+TASKS = DEFAULT_CONTRACT.names
+
+
+def long_notes(n: int, tokenizer, min_tokens: int, seed: int = 0) -> list[str]:
+    """Generated H&Ps and discharge summaries that fill the whole 512-token window."""
+    import base64
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_hospital(HospitalSpec(name="Bench Notes", patients=max(40, n), seed=seed, shift_from=date(2024, 1, 1)),
+                          Path(tmp))
+        notes = []
+        for line in (Path(tmp) / "DocumentReference.ndjson").read_text().splitlines():
+            text = base64.b64decode(json.loads(line)["content"][0]["attachment"]["data"]).decode()
+            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= min_tokens:
+                notes.append(text)
+            if len(notes) == n:
+                return notes
+    raise RuntimeError(f"only {len(notes)} notes of {min_tokens}+ tokens")
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of FLOP/s of a square matmul: the machine's practical peak for that dtype."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = 0.0
+    budget = time.perf_counter() + 20  # emulated dtypes (bf16 without AVX-512 BF16) are very slow
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+        if time.perf_counter() > budget:
+            break
+    return best
+
+
+def flops_per_note(config, note_tokens: int, suffix_tokens: list[int], options: list[int], naive: bool) -> float:
+    """2 x non-embedding parameters x tokens, plus attention (QK^T and AV: 4 x hidden x context
+    per token per layer), plus the output layer only where logits are computed."""
+    hidden, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    inter, kv = config.intermediate_size, config.num_key_value_heads * (hidden // config.num_attention_heads)
+    per_token = 2 * layers * (hidden * hidden * 2 + 2 * hidden * kv + 3 * hidden * inter)  # q,o + k,v + MLP
+    if naive:  # five full passes, logits over the whole vocabulary at every position
+        total = 0.0
+        for s in suffix_tokens:
+            n = note_tokens + s
+            total += per_token * n + 4 * hidden * layers * n * (n + 1) / 2 + 2 * hidden * vocab * n
+        return total
+    total = per_token * note_tokens + 4 * hidden * layers * note_tokens * (note_tokens + 1) / 2
+    for s, k in zip(suffix_tokens, options, strict=True):
+        total += per_token * s + 4 * hidden * layers * s * (note_tokens + (s + 1) / 2) + 2 * hidden * k
+    return total
+
+
+def run(base_dir: Path | None = None, n_notes: int = 32, n_naive: int = 4, repeats: int = 3, min_tokens: int = 512,
+        batch: int = 8, doc: Path | None = None) -> str:
+    base_dir = Path(base_dir or get_settings().model.base_model_dir)
+    torch.set_num_threads(torch.get_num_threads())
+    tokenizer = load_tokenizer(base_dir)
+    notes = long_notes(n_notes, tokenizer, min_tokens)
+    encoder = PromptEncoder(tokenizer, DEFAULT_CONTRACT, 512)
+    naive_model = load_causal_lm(base_dir, dtype=torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = zero_shot_artifact(base_dir, Path(tmp) / "mc", DEFAULT_CONTRACT, 512)
+        loaded = load_model(artifact)
+        scorer = MultitaskScorer(loaded, max_batch_notes=batch)
+        scorer.score(notes[:2])  # warm-up
+
+        naive_rates, naive_probs = [], []
+        for r in range(repeats):
+            chunk = notes[(r * n_naive) % len(notes):][:n_naive]
+            start = time.perf_counter()
+            probs = [score_naive(naive_model, encoder, note, TASKS) for note in chunk]
+            naive_rates.append(len(chunk) / (time.perf_counter() - start))
+            if r == 0:
+                naive_probs, naive_notes = probs, chunk
+        ours_rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            scorer.score(notes)
+            ours_rates.append(len(notes) / (time.perf_counter() - start))
+        ours_probs, _ = scorer.score(naive_notes)
+        max_diff = max(float(np.abs(o[t] - n[t]).max()) for o, n in zip(ours_probs, naive_probs, strict=True) for t in TASKS)
+
+        heads_rates = heads_throughput(base_dir, notes, batch, repeats, Path(tmp))
+
+    dtype = loaded.model.dtype
+    fp32_peak, bf16_peak = matmul_peak(torch.float32), matmul_peak(torch.bfloat16, repeats=2)
+    peak = fp32_peak if dtype == torch.float32 else bf16_peak
+    config = naive_model.config
+    suffixes = [len(encoder.suffix_ids(t)) for t in TASKS]
+    options = [len(encoder.option_token_ids(t)) for t in TASKS]
+    note_tokens = len(encoder.encode_note(notes[0]))
+    ours_flops = flops_per_note(config, note_tokens, suffixes, options, naive=False)
+    naive_flops = flops_per_note(config, note_tokens, suffixes, options, naive=True)
+    a, b, h = Measurement(naive_rates), Measurement(ours_rates), Measurement(heads_rates)
+    speedup = b.median / a.median
+    achieved = ours_flops * b.median
+    body = f"""## Scoring throughput on the CPU (five tasks, 512-token notes, SmolLM2-135M, mc form)
+
+Command: `{COMMAND}`. Machine: {machine()}.
+Native bf16 matmul on this CPU: {"yes" if dtype == torch.bfloat16 else "no"}; the scorer ran in {str(dtype).replace("torch.", "")}
+(`serving.scorer.choose_dtype`: bf16 only where the CPU has AVX-512 BF16 or AMX).
+
+| figure | median | spread |
+|---|---|---|
+| (a) naive: 5 passes per note, fp32, batch 1 (notes/s) | {a.median:.3f} | {a.spread} |
+| (b) lang1-ops scorer, batch {batch} (notes/s) | {b.median:.3f} | {b.spread} |
+| speed-up (b)/(a), same run | **{speedup:.1f}x** | target >= 15x: {"met" if speedup >= 15 else "missed"} |
+| heads model (pooled layer {HEADS_LAYER}, five linear heads) (notes/s) | {h.median:.2f} | {h.spread} |
+| max probability difference (a) vs (b) | {max_diff:.1e} | must be < 1e-3 |
+
+| compute | value |
+|---|---|
+| FLOPs per note, (a) naive | {naive_flops / 1e9:.0f} GFLOP |
+| FLOPs per note, (b) one pass ({note_tokens}-token note, suffixes {suffixes}) | {ours_flops / 1e9:.0f} GFLOP |
+| matmul peak measured now, fp32 (2048^2) | {fp32_peak / 1e9:.1f} GFLOP/s |
+| matmul peak measured now, bf16 (2048^2) | {bf16_peak / 1e9:.1f} GFLOP/s |
+| (b) achieved | {achieved / 1e9:.1f} GFLOP/s = **{100 * achieved / peak:.0f}%** of the {str(dtype).replace("torch.", "")} peak; target >= 60%: {"met" if achieved >= 0.6 * peak else "missed"} |
+
+The FLOP ratio (a)/(b) is {naive_flops / ours_flops:.1f}x: that is the ceiling of what sharing the note's
+encoding and skipping the vocabulary-wide output layer can give. Beyond it the 15x target counts on bf16
+matmuls about 3x faster than fp32 (AVX-512 BF16 / AMX); where the CPU lacks them (measured above), bf16 is
+emulated and slower than fp32, so the scorer stays in fp32 and the speed-up is bounded by the FLOP ratio.
+"""
+    write_section("scoring", body, doc)
+    return body
+
+
+HEADS_LAYER = 4
+
+
+def heads_throughput(base_dir: Path, notes: list[str], batch: int, repeats: int, tmp: Path) -> list[float]:
+    """A heads model with the default pooled layer; its weights do not change its speed."""
+    from safetensors.torch import save_file
+
+    from lang1ops.artifact import Method, ModelKind, Pooling
+    from training.artifacts import start_artifact
+
+    out = tmp / "heads"
+    config = load_causal_lm(base_dir).config
+    hidden = config.hidden_size
+    start_artifact(out, name="bench", kind=ModelKind.HEADS, method=Method.LOGREG, base_dir=base_dir,
+                   contract=DEFAULT_CONTRACT, max_note_tokens=512,
+                   pooling=Pooling(layer=min(HEADS_LAYER, config.num_hidden_layers)))
+    rng = torch.Generator().manual_seed(0)
+    tensors = {"mean": torch.zeros(hidden), "scale": torch.ones(hidden)}
+    for t in DEFAULT_CONTRACT.tasks:
+        tensors[f"{t.name}.weight"] = torch.randn(t.n_classes, hidden, generator=rng) * 0.01
+        tensors[f"{t.name}.bias"] = torch.zeros(t.n_classes)
+    save_file(tensors, str(out / "heads.safetensors"))
+    scorer = MultitaskScorer(load_model(out), max_batch_notes=batch)
+    scorer.score(notes[:2])
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scorer.score(notes)
+        rates.append(len(notes) / (time.perf_counter() - start))
+    return rates
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,56 @@
+"""Every benchmark runs end to end at CI size (tiny model, a few notes), writing to a scratch
+copy of the report, so the benchmark code never rots. The figures themselves come from
+`make bench` on real hardware, never from here."""
+
+from __future__ import annotations
+
+import pytest
+
+import bench.generator
+import bench.gpu
+import bench.memory
+import bench.scoring
+import bench.service
+import bench.training
+
+
+@pytest.fixture
+def doc(tmp_path):
+    return tmp_path / "benchmarks.md"
+
+
+def test_generator(doc):
+    body = bench.generator.run(repeats=1, patients=60, doc=doc)
+    assert "encounters per second" in body and "<!-- bench:generator -->" in doc.read_text()
+
+
+def test_scoring_agrees_with_the_naive_way(tiny_llama_dir, doc):
+    body = bench.scoring.run(tiny_llama_dir, n_notes=3, n_naive=1, repeats=1, min_tokens=64, batch=2, doc=doc)
+    assert "speed-up (b)/(a)" in body and "GFLOP/s" in body
+    difference = float(body.split("max probability difference (a) vs (b) | ")[1].split(" ")[0])
+    assert difference < 1e-3
+
+
+def test_training(tiny_llama_dir, doc):
+    body = bench.training.run(train_notes=40, val_notes=20, base_dir=tiny_llama_dir, patients=120, max_note_tokens=64,
+                              layers=(1, 2), doc=doc)
+    assert "cold" in body and "warm" in body
+
+
+def test_memory(tiny_llama_dir, doc):
+    body = bench.memory.run(tiny_llama_dir, batches=(1,), doc=doc)
+    assert "peak RSS" in body and "load only" in body or "bfloat16" in body
+
+
+def test_service(tiny_llama_dir, doc):
+    body = bench.service.run(tiny_llama_dir, n_notes=4, clients=2, latency_requests=2, batch=2, repeats=1, min_tokens=64,
+                             doc=doc)
+    assert "service / in-process" in body and "p99" in body
+
+
+def test_gpu_part_leaves_the_report_alone_without_cuda(doc):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the GPU benchmark is a real run, not a smoke test")
+    assert "no CUDA" in bench.gpu.run(doc=doc) and not doc.exists()
