@@ -14,7 +14,10 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from integration.config import IntegrationSettings
+from monitoring.config import MonitoringSettings
 from serving.config import ServingSettings
+from serving.views.config import ViewsSettings
 
 
 class ModelSettings(BaseModel):
@@ -40,6 +43,9 @@ class Settings(BaseSettings):
     registry_dir: Path = Field(Path("var/registry"), description="Model registry root (a shared volume on a cluster).")
     encoding_cache: Path = Field(Path("var/cache/encodings.sqlite"), description="Pooled note encodings by text hash.")
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    integration: IntegrationSettings = Field(default_factory=IntegrationSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    views: ViewsSettings = Field(default_factory=ViewsSettings)
 
 
 @lru_cache(maxsize=1)

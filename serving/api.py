@@ -17,11 +17,12 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -258,7 +259,12 @@ class PlainScoreResponse(BaseModel):
 
 
 def create_api(backend: ScoringBackend, store: Store, authenticator, settings: ApiSettings | None = None,
-               metrics_text=None, software_version: str = "0.1.0", shadow: ScoringBackend | None = None) -> FastAPI:
+               metrics_text=None, software_version: str = "0.1.0", shadow: ScoringBackend | None = None,
+               routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The service's FastAPI app. `routers` are the other areas' endpoints (CDS Hooks,
+    Subscriptions, alert webhook, operational views; see serving.extensions); they reach the
+    shared pieces through `request.app.state`: `service` (ScoringService), `store`,
+    `authenticator`, `api_settings`."""
     settings = settings or ApiSettings()
     app = FastAPI(title="lang1-ops", version=software_version,
                   description="Operational risk from clinical notes (readmission, mortality, length of stay, Charlson "
@@ -266,6 +272,8 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
     app.state.authenticator = authenticator
     service = ScoringService(backend, store, settings, shadow)
     app.state.service = service
+    app.state.store = store
+    app.state.api_settings = settings
     started = datetime.now(UTC)
 
     def fhir(content: Any, status: int = 200, headers: dict | None = None) -> JSONResponse:
@@ -409,6 +417,8 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         body = metrics_text() if metrics_text else generate_latest()
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
+    for router in routers:
+        app.include_router(router)
     return app
 
 

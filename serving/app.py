@@ -77,11 +77,13 @@ class Scorer:
 def build_ingress_app(settings: Settings, handle, shadow_handle=None):
     from serving.api import create_api
     from serving.auth import Authenticator
+    from serving.extensions import extension_routers
     from serving.store import Store
 
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     return create_api(RayBackend(handle), Store(settings.serving.store_url), Authenticator(settings.serving.auth),
-                      settings.serving.api, shadow=RayBackend(shadow_handle) if shadow_handle else None)
+                      settings.serving.api, shadow=RayBackend(shadow_handle) if shadow_handle else None,
+                      routers=extension_routers(settings))
 
 
 @serve.deployment(name="ingress")

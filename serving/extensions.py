@@ -1,0 +1,16 @@
+"""The other areas' endpoints mounted on the service's FastAPI app.
+
+Each area owns its router (CDS Hooks and Subscriptions in integration/, the Alertmanager
+webhook in monitoring/, the operational views in serving/views/); this module only collects
+them for `serving.app` so that serving.api stays free of their imports.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from lang1ops.settings import Settings
+
+
+def extension_routers(settings: Settings) -> list[APIRouter]:
+    return []
