@@ -29,6 +29,9 @@ test: install
 demo: install
 	$(BIN)/lang1ops demo --workdir $(DEMO)
 
+bench: install
+	$(BIN)/python -m bench
+
 lint: install
 	$(BIN)/ruff check .
 

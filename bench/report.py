@@ -51,8 +51,10 @@ def machine() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     versions = ", ".join(f"{p} {_version(p)}" for p in ("torch", "transformers", "ray", "lang1-ops"))
+    # other work on the machine slows every figure: the 1-minute load average is part of the record
+    load = os.getloadavg()[0]
     return (f"{cpu}, {os.cpu_count()} cores{', GPU ' + gpu if gpu else ', no GPU'}; Python {platform.python_version()}; "
-            f"{versions}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+            f"{versions}; measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load:.1f}")
 
 
 def _version(package: str) -> str:

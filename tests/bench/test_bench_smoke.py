@@ -9,6 +9,7 @@ import pytest
 import bench.generator
 import bench.gpu
 import bench.memory
+import bench.profile_scorer
 import bench.scoring
 import bench.service
 import bench.training
@@ -54,3 +55,8 @@ def test_gpu_part_leaves_the_report_alone_without_cuda(doc):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the GPU benchmark is a real run, not a smoke test")
     assert "no CUDA" in bench.gpu.run(doc=doc) and not doc.exists()
+
+
+def test_profile_scorer(tiny_llama_dir, doc):
+    body = bench.profile_scorer.run(tiny_llama_dir, n_notes=2, batch=2, min_tokens=64, doc=doc)
+    assert "matrix multiplies" in body and "<!-- bench:profile_scorer -->" in doc.read_text()
