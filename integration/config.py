@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from integration.cds_config import CdsHooksSettings
 
 
 class IntegrationSettings(BaseModel):
     """CDS Hooks, Subscriptions, the outbound FHIR client and Bulk Data."""
+
+    cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings, description="CDS Hooks 2.0 services.")

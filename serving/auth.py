@@ -272,7 +272,7 @@ def parse_jwks(data: Any) -> dict[str, list[_JwkKey]]:
     return keys
 
 
-class _IssuerKeys:
+class IssuerKeys:
     """One issuer's keys: inline, or fetched and cached with a TTL; thread safe, single flight."""
 
     def __init__(self, config: JwtIssuer):
@@ -337,7 +337,7 @@ class Authenticator:
         self._owns_http = http is None
         self._http_lock = threading.Lock()
         self._clock = clock
-        self._issuers = {config.issuer: _IssuerKeys(config) for config in settings.issuers}
+        self._issuers = {config.issuer: IssuerKeys(config) for config in settings.issuers}
         if settings.allow_unauthenticated:
             logger.warning("authentication is OFF for requests without credentials (allow_unauthenticated)")
 

@@ -13,4 +13,9 @@ from lang1ops.settings import Settings
 
 
 def extension_routers(settings: Settings) -> list[APIRouter]:
-    return []
+    routers: list[APIRouter] = []
+    if settings.integration.cds_hooks.enabled:
+        from integration.cds_hooks import cds_hooks_router
+
+        routers.append(cds_hooks_router(settings.integration.cds_hooks))
+    return routers

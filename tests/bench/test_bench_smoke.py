@@ -27,8 +27,8 @@ def test_generator(doc):
 
 def test_scoring_agrees_with_the_naive_way(tiny_llama_dir, doc):
     body = bench.scoring.run(tiny_llama_dir, n_notes=3, n_naive=1, repeats=1, min_tokens=64, batch=2, doc=doc)
-    assert "speed-up (b)/(a)" in body and "GFLOP/s" in body
-    difference = float(body.split("max probability difference (a) vs (b) | ")[1].split(" ")[0])
+    assert "speed-up (b, float32)/(a)" in body and "GFLOP/s" in body
+    difference = float(body.split("max probability difference (a) vs (b, float32) | ")[1].split(" ")[0])
     assert difference < 1e-3
 
 
