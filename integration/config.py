@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from integration.bulk_config import BulkSettings
 from integration.cds_config import CdsHooksSettings
 
 
@@ -11,3 +12,4 @@ class IntegrationSettings(BaseModel):
     """CDS Hooks, Subscriptions, the outbound FHIR client and Bulk Data."""
 
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings, description="CDS Hooks 2.0 services.")
+    bulk: BulkSettings = Field(default_factory=BulkSettings, description="Bulk Data export, batch scoring, outcomes feed.")

@@ -13,6 +13,7 @@ from lang1ops.progress import console as progress_console
 from lang1ops.progress import progress_bar, track
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
+from integration import batch_cli
 from serving import cli as serving_cli
 from training import cli as training_cli
 from training.dataset import Dataset
@@ -23,6 +24,7 @@ app.add_typer(base_app, name="base")
 app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
 app.add_typer(training_cli.registry_app, name="registry")
+app.add_typer(batch_cli.app, name="batch")
 app.command("serve")(serving_cli.serve)
 
 # Results go to stdout; progress (lang1ops.progress) goes to stderr.
