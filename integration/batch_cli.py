@@ -54,17 +54,11 @@ def _bulk_settings(settings) -> BulkSettings:
 
 
 def _outbound_auth(settings):
-    """SMART Backend Services / static bearer auth of the outbound FHIR client settings
-    (`integration.fhir_client`), when integration.smart_auth is present; else none."""
-    integration = getattr(settings, "integration", None)
-    client_settings = getattr(integration, "fhir_client", None)
-    if client_settings is None:
-        return None
-    try:
-        from integration.smart_auth import outbound_auth  # another area's module; optional here
-    except ImportError:
-        return None
-    return outbound_auth(client_settings)
+    """SMART Backend Services or static bearer auth, from the one outbound FHIR client's settings
+    (`integration.subscriptions.client`, shared by write-back, Bulk Data and the outcomes feed)."""
+    from integration.smart_auth import outbound_auth
+
+    return outbound_auth(settings.integration.subscriptions.client)
 
 
 def _instant(value: str | None, option: str = "--since") -> datetime | None:

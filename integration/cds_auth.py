@@ -31,7 +31,7 @@ import httpx
 import jwt
 
 from integration.cds_config import CdsClient, CdsHooksSettings
-from serving.auth import MAX_CREDENTIAL_CHARS, AuthError, JwtIssuer, Principal, Role, IssuerKeys
+from serving.auth import MAX_CREDENTIAL_CHARS, AuthError, IssuerKeys, JwtIssuer, Principal, Role
 
 logger = logging.getLogger(__name__)
 

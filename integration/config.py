@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from integration.bulk_config import BulkSettings
 from integration.cds_config import CdsHooksSettings
+from integration.client_config import SubscriptionSettings
 
 
 class IntegrationSettings(BaseModel):
@@ -13,3 +14,6 @@ class IntegrationSettings(BaseModel):
 
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings, description="CDS Hooks 2.0 services.")
     bulk: BulkSettings = Field(default_factory=BulkSettings, description="Bulk Data export, batch scoring, outcomes feed.")
+    subscriptions: SubscriptionSettings = Field(
+        default_factory=SubscriptionSettings,
+        description="FHIR Subscriptions, RiskAssessment write-back, the outbound FHIR client and the durable queue.")

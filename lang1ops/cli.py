@@ -9,12 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from integration import batch_cli
+from integration.cli import app as integration_app
 from lang1ops.progress import console as progress_console
 from lang1ops.progress import progress_bar, track
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
-from integration import batch_cli
 from serving import cli as serving_cli
+from serving.views.cli import app as views_app
 from training import cli as training_cli
 from training.dataset import Dataset
 
@@ -25,6 +27,8 @@ app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
 app.add_typer(training_cli.registry_app, name="registry")
 app.add_typer(batch_cli.app, name="batch")
+app.add_typer(integration_app, name="integration")
+app.add_typer(views_app, name="views")
 app.command("serve")(serving_cli.serve)
 
 # Results go to stdout; progress (lang1ops.progress) goes to stderr.

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from integration.notes import ClinicalNote, NoteError, note_from_resource
 from lang1ops.tasks import NoteType, TaskContract
+from monitoring import metrics as prom
 from serving.auth import Principal, Role, require_role
 from serving.config import ApiSettings
 from serving.fhir_output import capability_statement, collection, operation_outcome, risk_assessments
@@ -285,18 +286,27 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         # a caller's request id is echoed and audited only when it is a plain token
         request.state.request_id = given if REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
         request.state.started = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # answered with a 500 by the `unexpected` handler, outside this middleware
+            prom.observe_request(prom.route_template(request.scope), request.method, 500,
+                                 time.perf_counter() - request.state.started)
+            raise
+        prom.observe_request(prom.route_template(request.scope), request.method, response.status_code,
+                             time.perf_counter() - request.state.started)
         response.headers["X-Request-Id"] = request.state.request_id
         return response
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
+        prom.observe_error(prom.route_template(request.scope), exc.code)
         await audit(request, None, "error", exc.status, exc.code, exc.diagnostics)
         return fhir(operation_outcome(exc.code, exc.diagnostics), exc.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         code = "security" if exc.status_code in (401, 403) else "not-found" if exc.status_code == 404 else "processing"
+        prom.observe_error(prom.route_template(request.scope), code)
         if exc.status_code in (401, 403):
             await audit(request, None, "denied", exc.status_code, code, str(exc.detail))
         return fhir(operation_outcome(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
@@ -304,6 +314,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         where = "; ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:8])
+        prom.observe_error(prom.route_template(request.scope), "invalid")
         return fhir(operation_outcome("invalid", f"invalid request: {where}"), 400)
 
     @app.exception_handler(Exception)
@@ -311,6 +322,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         # the exception's text may quote input: only its type and the request id are logged
         log.error("unexpected %s in request %s", type(exc).__name__, getattr(request.state, "request_id", "?"),
                   exc_info=os.environ.get("LANG1OPS_DEBUG_TRACEBACKS") == "1")
+        prom.observe_error(prom.route_template(request.scope), "exception")
         await audit(request, None, "error", 500, "exception", type(exc).__name__)
         return fhir(operation_outcome("exception", f"internal error; request id {request.state.request_id}"), 500)
 
@@ -367,6 +379,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
                 if isinstance(resource, dict) and resource.get("id"):
                     ids.append(f"{resource.get('resourceType')}/{resource['id']}")
             except ApiError as err:
+                prom.observe_error(prom.route_template(request.scope), err.code)
                 out.append({"resource": operation_outcome(err.code, err.diagnostics),
                             "response": {"status": str(err.status), "outcome": operation_outcome(err.code, err.diagnostics)}})
         await audit(request, principal, "ok", 200, None, f"{len(entries)} entries", ids, "score-batch")
@@ -412,10 +425,10 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        body = metrics_text() if metrics_text else generate_latest()
-        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
+        # every process's metrics (ingress and scorer replicas) plus registered collectors;
+        # built in a thread: extra collectors may query the store
+        body = metrics_text() if metrics_text else await run_in_threadpool(prom.exposition)
+        return PlainTextResponse(body, media_type=prom.CONTENT_TYPE)
 
     for router in routers:
         app.include_router(router)

@@ -23,6 +23,7 @@ from pathlib import Path
 from ray import serve
 
 from lang1ops.settings import Settings
+from monitoring import metrics as prom
 from serving.backends import ActiveModel, RayBackend, info_of, resolve_model, score_batch
 
 log = logging.getLogger("lang1ops.serve")
@@ -39,6 +40,8 @@ class Scorer:
         torch.set_num_threads(s.torch_threads or max(1, int(s.replica_cpus)))
         self.active = ActiveModel()
         self.loaded_ref: str | None = None
+        self.deployment = serve.get_replica_context().deployment  # "scorer" or "shadow": a metrics label
+        self.served: tuple[str, str, str] | None = None  # (name, version, kind) as last reported to metrics
         self.score.set_max_batch_size(s.max_batch_size)
         self.score.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
@@ -58,12 +61,22 @@ class Scorer:
         await asyncio.to_thread(self.active.load, resolved, self.settings.model.base_model_dir, s.device, s.dtype,
                                 s.max_batch_size, s.backend)
         self.loaded_ref = ref
+        model, _ = self.active.snapshot()
+        info = info_of(model)
+        prom.set_serving_model(self.deployment, info["name"], info["version"], info["kind"], self.served)
+        self.served = (info["name"], info["version"], info["kind"])
         log.info("scorer replica now serves %s %s", self.settings.model_name, resolved.version)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def score(self, texts: list[str], tasks: list[list[str]], known_versions: list[list[str]]) -> list[dict]:
         model, scorer = self.active.snapshot()  # one version for the whole batch
-        replies = await asyncio.to_thread(score_batch, model, scorer, texts, tasks)
+        started = time.perf_counter()
+        try:
+            replies = await asyncio.to_thread(score_batch, model, scorer, texts, tasks)
+        except Exception as exc:
+            prom.observe_scorer_error(self.deployment, exc)
+            raise
+        prom.observe_batch(self.deployment, model.contract, tasks, replies, time.perf_counter() - started)
         for reply, known in zip(replies, known_versions, strict=True):
             if model.version not in known:
                 reply["contract"] = model.contract.model_dump(mode="json")
@@ -103,8 +116,12 @@ class Ingress:
 def build_app(settings: Settings, model_ref: str | None = None):
     s = settings.serving
     settings_json = settings.model_dump_json()
+    # every actor records metrics into one shared directory, merged by the ingress's /metrics;
+    # set through runtime_env so it is in place before prometheus_client is imported there
+    metrics_env = {"env_vars": prom.service_metrics_env(settings.home)}
     scorer_options = {"max_ongoing_requests": max(s.max_ongoing_requests, s.max_batch_size),
-                      "ray_actor_options": {"num_cpus": s.replica_cpus, **({"num_gpus": 1} if s.device == "cuda" else {})},
+                      "ray_actor_options": {"num_cpus": s.replica_cpus, **({"num_gpus": 1} if s.device == "cuda" else {}),
+                                            "runtime_env": metrics_env},
                       "user_config": {"model_ref": model_ref or s.model_ref}}
     if s.autoscaling:
         scorer_options["autoscaling_config"] = s.autoscaling.model_dump()
@@ -114,10 +131,10 @@ def build_app(settings: Settings, model_ref: str | None = None):
     shadow = None
     if s.shadow:  # the challenger on its own small replica; it waits if there is no challenger yet
         shadow = Scorer.options(name="shadow", num_replicas=1, max_ongoing_requests=scorer_options["max_ongoing_requests"],
-                                ray_actor_options={"num_cpus": min(0.5, s.replica_cpus)},
+                                ray_actor_options={"num_cpus": min(0.5, s.replica_cpus), "runtime_env": metrics_env},
                                 user_config={"model_ref": "challenger", "optional": True}).bind(settings_json)
     return Ingress.options(num_replicas=1, max_ongoing_requests=max(64, 4 * s.max_ongoing_requests),
-                           ray_actor_options={"num_cpus": 0.5}).bind(scorer, settings_json, shadow)
+                           ray_actor_options={"num_cpus": 0.5, "runtime_env": metrics_env}).bind(scorer, settings_json, shadow)
 
 
 def app_builder(args: dict):
@@ -134,6 +151,7 @@ def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.
     from lang1ops.ray_local import ensure_ray
 
     ensure_ray()
+    prom.service_metrics_env(settings.home, clear=True)  # a fresh start: no counts from an earlier run
     serve.start(http_options={"host": settings.serving.host, "port": settings.serving.port})
     version = resolved_champion(settings)
     serve.run(build_app(settings, version), name="lang1ops", route_prefix="/")
@@ -164,8 +182,10 @@ def serve_config(settings: Settings) -> dict:
     """A Ray Serve config file (`serve deploy`, KubeRay RayService `serveConfigV2`) generated
     from the same settings the service reads, so a cluster runs what `lang1ops serve` runs."""
     s = settings.serving
+    metrics_env = {"env_vars": {prom.MULTIPROC_ENV: str(Path(settings.home).resolve() / "prometheus-multiproc")}}
     scorer: dict = {"name": "scorer", "max_ongoing_requests": max(s.max_ongoing_requests, s.max_batch_size),
-                    "ray_actor_options": {"num_cpus": s.replica_cpus, **({"num_gpus": 1} if s.device == "cuda" else {})},
+                    "ray_actor_options": {"num_cpus": s.replica_cpus, **({"num_gpus": 1} if s.device == "cuda" else {}),
+                                          "runtime_env": metrics_env},
                     "user_config": {"model_ref": s.model_ref}}
     if s.autoscaling:
         scorer["autoscaling_config"] = s.autoscaling.model_dump()
@@ -177,6 +197,7 @@ def serve_config(settings: Settings) -> dict:
         "applications": [{
             "name": "lang1ops", "route_prefix": "/", "import_path": "serving.app:app_builder",
             "args": settings.model_dump(mode="json"),
-            "deployments": [scorer, {"name": "ingress", "num_replicas": 1}],
+            "deployments": [scorer, {"name": "ingress", "num_replicas": 1,
+                                     "ray_actor_options": {"num_cpus": 0.5, "runtime_env": metrics_env}}],
         }],
     }

@@ -73,6 +73,7 @@ _SUBJECT_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}$")
 class Role(StrEnum):
     SCORER = "scorer"
     READER = "reader"
+    CARE_MANAGER = "care_manager"  # sets worklist outreach status; reads nothing by itself
     ADMIN = "admin"  # implies every other role
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lang1ops.tasks import TaskContract
+from monitoring import metrics as prom
 from serving.api import ModelInfo, ScoreReply
 from serving.scorer import LoadedModel, MultitaskScorer, load_model
 
@@ -102,7 +104,9 @@ class LocalBackend:
     async def score(self, text: str, tasks: list[str]) -> ScoreReply:
         model, scorer = self.active.snapshot()
         async with self._lock:
+            started = time.perf_counter()
             reply = (await asyncio.to_thread(score_batch, model, scorer, [text], [tasks]))[0]
+            prom.observe_batch("scorer", model.contract, [tasks], [reply], time.perf_counter() - started)
         return ScoreReply(**reply)
 
     async def model_info(self) -> ModelInfo:

@@ -13,9 +13,18 @@ from lang1ops.settings import Settings
 
 
 def extension_routers(settings: Settings) -> list[APIRouter]:
-    routers: list[APIRouter] = []
+    from monitoring.alerts import alertmanager_router
+
+    routers: list[APIRouter] = [alertmanager_router(settings.monitoring.alerts)]
     if settings.integration.cds_hooks.enabled:
         from integration.cds_hooks import cds_hooks_router
 
         routers.append(cds_hooks_router(settings.integration.cds_hooks))
+    if settings.integration.subscriptions.enabled:
+        from integration.subscriptions import subscription_router
+
+        routers.append(subscription_router(settings.integration.subscriptions))
+    from serving.views.router import views_router
+
+    routers.append(views_router(settings.views, registry_dir=settings.registry_dir, model_name=settings.model_name))
     return routers

@@ -20,8 +20,9 @@ class ViewsSettings(BaseModel):
                     "this many days beyond day 6; set it from the hospital's long-stay history.")
     band_coverage: float = Field(0.90, gt=0, lt=1, description="Coverage of the bed board's uncertainty band "
                                                                "(central interval of the Poisson-binomial count).")
-    outreach_role: str = Field("scorer", description="Role needed to set a worklist outreach status: a write role "
-                                                     "(scorer, or admin which holds every role), never reader.")
+    outreach_role: str = Field("care_manager", description="Role needed to set a worklist outreach status: a write "
+                                                           "role (care_manager, scorer, or admin which holds every "
+                                                           "role), never reader.")
     inpatient_classes: list[str] = Field(["IMP", "ACUTE", "NONAC", "OBSENC"],
                                          description="Encounter.class codes (v3 ActCode) the census keeps.")
     mlops_events: int = Field(50, ge=1, le=1000, description="How many registry and loop events the MLOps page lists.")

@@ -1,0 +1,39 @@
+{{/* Checks the JSON schema cannot express; each fails the render with a message naming the value. */}}
+{{- define "lang1-ops.validate" -}}
+{{- if not .Values.secrets.store.name }}
+{{- fail "secrets.store.name is required: the store's database URL must come from a Secret (key secrets.store.key), never from values" }}
+{{- end }}
+{{- if and (eq .Values.registry.mode "volume") (empty .Values.registry.volume) }}
+{{- fail "registry.mode is volume but registry.volume is empty: give a volume source (e.g. a CSI object-store mount)" }}
+{{- end }}
+{{- $gpus := 0 }}
+{{- $names := dict }}
+{{- range .Values.workerGroups }}
+{{- if hasKey $names .name }}
+{{- fail (printf "workerGroups: the group name %q is used twice" .name) }}
+{{- end }}
+{{- $_ := set $names .name true }}
+{{- if gt (int .minReplicas) (int .maxReplicas) }}
+{{- fail (printf "workerGroups[%s]: minReplicas (%d) is above maxReplicas (%d)" .name (int .minReplicas) (int .maxReplicas)) }}
+{{- end }}
+{{- if or (lt (int .replicas) (int .minReplicas)) (gt (int .replicas) (int .maxReplicas)) }}
+{{- fail (printf "workerGroups[%s]: replicas (%d) must lie between minReplicas (%d) and maxReplicas (%d)" .name (int .replicas) (int .minReplicas) (int .maxReplicas)) }}
+{{- end }}
+{{- $gpus = add $gpus (mul (int (default 0 .gpus)) (int .maxReplicas)) }}
+{{- end }}
+{{- $serving := default (dict) .Values.settings.serving }}
+{{- if and (eq (default "cpu" $serving.device) "cuda") (eq (int $gpus) 0) }}
+{{- fail "settings.serving.device is cuda but no workerGroups entry has gpus > 0: the scorer replicas (1 GPU each) could never be placed" }}
+{{- end }}
+{{- if and (eq (default "hf" $serving.backend) "vllm") (ne (default "cpu" $serving.device) "cuda") }}
+{{- fail "settings.serving.backend is vllm but settings.serving.device is not cuda: vLLM runs on GPU workers only" }}
+{{- end }}
+{{- with $serving.autoscaling }}
+{{- if gt (int .min_replicas) (int .max_replicas) }}
+{{- fail (printf "settings.serving.autoscaling: min_replicas (%d) is above max_replicas (%d)" (int .min_replicas) (int .max_replicas)) }}
+{{- end }}
+{{- if and (eq (default "cpu" $serving.device) "cuda") (gt (int .max_replicas) (int $gpus)) }}
+{{- fail (printf "settings.serving.autoscaling.max_replicas (%d) needs one GPU each but the GPU worker groups offer at most %d" (int .max_replicas) (int $gpus)) }}
+{{- end }}
+{{- end }}
+{{- end }}

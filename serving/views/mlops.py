@@ -1,0 +1,122 @@
+"""What the MLOps page shows: the serving model, the registry's history (registrations,
+promotions, refusals), recent drift checks, and performance over time from delayed outcomes.
+
+Drift checks and the retraining loop's events come from `monitoring.history`, imported lazily:
+without it (or before its first run) the page says "no drift checks yet". Performance is
+computed here from the store: for each binary task and calendar month of scoring, the AUROC of
+the stored probabilities against the outcomes that have arrived (months with a single class
+have no AUROC and say so).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from lang1ops.tasks import TaskContract
+from serving.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def registry_summary(registry_dir: Path | None, model_name: str, limit: int) -> dict:
+    """Aliases, versions and the newest audit events of one model line (empty when no registry)."""
+    if registry_dir is None or not Path(registry_dir).exists():
+        return {"available": False, "aliases": {}, "versions": [], "events": []}
+    from training.registry import Registry
+
+    registry = Registry(Path(registry_dir))
+    if model_name not in registry.names():
+        return {"available": True, "aliases": {}, "versions": [], "events": []}
+    versions = [{"version": v.version, "kind": v.manifest.get("kind"), "content_hash": v.content_hash[:12]}
+                for v in registry.versions(model_name)]
+    events = [{k: e.get(k) for k in ("time", "actor", "action", "version", "alias", "previous", "reason")}
+              for e in reversed(registry.audit(model_name))][:limit]
+    return {"available": True, "aliases": registry.aliases(model_name), "versions": versions[::-1][:limit],
+            "events": events}
+
+
+def _history_module():
+    try:
+        from monitoring import history
+    except ImportError:
+        return None
+    return history
+
+
+def _history(store: Store):
+    history = _history_module()
+    return None if history is None or not hasattr(history, "MonitoringHistory") else history.MonitoringHistory(store)
+
+
+def _report_html(report_dir: str | None) -> str | None:
+    """The Evidently HTML file of a drift run's report directory (the newest one), if any."""
+    if not report_dir or not Path(report_dir).is_dir():
+        return None
+    pages = sorted(Path(report_dir).glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return str(pages[0]) if pages else None
+
+
+def drift_runs(store: Store, limit: int) -> list[dict]:
+    """Recent drift checks (id, time, drifted, summary, html_path), newest first; [] without history."""
+    try:
+        history = _history(store)
+        runs = history.drift_runs(limit) if history is not None else []
+    except Exception as exc:  # the page must render even when the monitoring tables are not there yet
+        log.warning("drift history unavailable: %s", type(exc).__name__)
+        return []
+    out = []
+    for run in runs:
+        checks = run.get("checks") or {}
+        drifted = sorted(name for name, c in checks.items() if isinstance(c, dict) and c.get("detected"))
+        summary = (f"{run.get('n_current')} notes vs {run.get('n_reference')} reference"
+                   + (f"; drift in {', '.join(drifted)}" if drifted else ""))
+        out.append(_plain({"id": run.get("id"), "time": run.get("checked_at"), "drifted": bool(run.get("detected")),
+                           "model_version": run.get("model_version"), "summary": summary,
+                           "html_path": _report_html(run.get("report_dir"))}))
+    return out
+
+
+def loop_events(store: Store, limit: int) -> list[dict]:
+    """The retraining loop's events (trigger, train, evaluate, promote, refuse, ...), newest first."""
+    try:
+        history = _history(store)
+        events = history.events(limit=limit) if history is not None else []
+    except Exception as exc:
+        log.warning("loop history unavailable: %s", type(exc).__name__)
+        return []
+    keys = ("time", "cycle", "step", "outcome", "champion", "candidate")
+    return [_plain({k: e.get(k) for k in keys}) for e in reversed(events)]  # history gives oldest first
+
+
+def _plain(record: object) -> dict:
+    data = dict(record) if isinstance(record, dict) else dict(getattr(record, "__dict__", {}))
+    return {k: (v.isoformat() if isinstance(v, datetime) else v if isinstance(v, str | int | float | bool | None) else str(v))
+            for k, v in data.items() if not k.startswith("_")}
+
+
+def performance_by_month(store: Store, contract: TaskContract, now: datetime, months: int = 12) -> list[dict]:
+    """Per binary task and month of scoring: n labelled notes, prevalence, AUROC (None with one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = store.scores_between(now - timedelta(days=31 * months), now + timedelta(seconds=1))
+    outcomes = store.outcomes()
+    out = []
+    if scores.empty or outcomes.empty:
+        return out
+    for spec in contract.tasks:
+        column = f"p_{spec.name}_{spec.positive_option}"
+        if not spec.binary or column not in scores:
+            continue
+        labels = outcomes[outcomes["task"] == spec.name][["encounter_id", "label"]].drop_duplicates("encounter_id")
+        joined = scores[scores[column].notna()].merge(labels, on="encounter_id", how="inner")
+        if joined.empty:
+            continue
+        joined["month"] = joined["scored_at"].dt.strftime("%Y-%m")
+        for month, group in joined.groupby("month"):
+            y = group["label"].to_numpy()
+            auroc = float(roc_auc_score(y, group[column].to_numpy())) if len(set(y)) == 2 else None
+            out.append({"task": spec.name, "month": month, "n": len(group), "prevalence": round(float(y.mean()), 4),
+                        "auroc": None if auroc is None else round(auroc, 4)})
+    return sorted(out, key=lambda r: (r["task"], r["month"]))
