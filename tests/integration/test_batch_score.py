@@ -175,13 +175,13 @@ def test_ray_workers_score_like_the_local_backend(export_dir, artifact, backend,
 
 
 def documented_commands() -> dict[str, list[str]]:
-    """The `lang1ops batch ...` examples of docs/integration-bulk.md, by example name."""
+    """The `lang1ops batch ...` examples of docs/integration.md, by example name."""
     import re
     import shlex
 
-    doc = (Path(__file__).parents[2] / "docs" / "integration-bulk.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "integration.md").read_text()
     found = {}
-    for name, body in re.findall(r"<!-- example: ([\w-]+) -->\s*```bash\n(.*?)```", doc, re.S):
+    for name, body in re.findall(r"<!-- example: (batch-[\w-]+) -->\s*```bash\n(.*?)```", doc, re.S):
         words = shlex.split(body.replace("\\\n", " "))
         assert words[:2] == ["lang1ops", "batch"], name
         found[name] = words[2:]

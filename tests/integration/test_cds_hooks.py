@@ -460,7 +460,7 @@ def test_feedback_is_stored_once_with_codes_only(cds):
 
 
 def doc_example(name: str) -> str:
-    for path in (ROOT / "docs" / "integration.md", ROOT / "docs" / "integration-cds-hooks.md"):
+    for path in (ROOT / "docs" / "integration.md",):
         if path.exists():
             match = re.search(rf"<!-- example: {name} -->\s*```\w*\n(.*?)```", path.read_text(), re.S)
             if match:

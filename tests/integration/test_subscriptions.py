@@ -88,7 +88,7 @@ def document(text: str = f"CC: chest pain. HPI: 70 yo M {SECRET} with CHF.") -> 
 
 def doc_example(name: str) -> dict:
     """A JSON example from the docs (``<!-- example: name -->`` before a json fence)."""
-    for path in (DOCS / "integration.md", DOCS / "integration-subscriptions.md"):
+    for path in (DOCS / "integration.md",):
         if path.exists():
             match = re.search(rf"<!-- example: {name} -->\s*```json\n(.*?)```", path.read_text(), re.S)
             if match:
