@@ -12,7 +12,6 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.report import machine, write_section

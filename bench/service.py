@@ -128,12 +128,7 @@ p95 {p95:.2f} s, p99 {p99:.2f} s on this machine.
 
 
 def wait_ready(client: httpx.Client, port: int, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if client.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("service not ready")
+    from serving.cli import wait_until_ready
+
+    if not wait_until_ready(f"http://127.0.0.1:{port}", timeout):
+        raise RuntimeError("service not ready")

@@ -31,7 +31,15 @@ import httpx
 import jwt
 
 from integration.cds_config import CdsClient, CdsHooksSettings
-from serving.auth import MAX_CREDENTIAL_CHARS, AuthError, IssuerKeys, JwtIssuer, Principal, Role
+from serving.auth import (
+    MAX_CREDENTIAL_CHARS,
+    AuthError,
+    IssuerKeys,
+    JwtIssuer,
+    Principal,
+    Role,
+    decode_signed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,30 +183,9 @@ class CdsJwtVerifier:
         candidates = [k for k in keys.keys_for(kid, self._client, time.monotonic()) if k.fits(alg)]
         if not candidates:
             raise _refused("token signing key not recognised")
-        for candidate in candidates:
-            try:
-                claims = jwt.decode(
-                    token, candidate.key, algorithms=[alg], audience=audiences, issuer=iss,
-                    leeway=self.settings.leeway_s,
-                    options={"require": _REQUIRED_CLAIMS, "verify_signature": True, "verify_iat": True},
-                )
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.ExpiredSignatureError:
-                raise _refused("token expired") from None
-            except jwt.ImmatureSignatureError:
-                raise _refused("token not yet valid (iat or nbf in the future)") from None
-            except jwt.InvalidAudienceError:
-                raise _refused("token audience is not this service's URL") from None
-            except jwt.InvalidIssuerError:
-                raise _refused("token issuer not accepted") from None
-            except jwt.MissingRequiredClaimError as exc:
-                claim = exc.claim if exc.claim in _REQUIRED_CLAIMS else "a claim"
-                raise _refused(f"token lacks required claim {claim}") from None
-            except jwt.PyJWTError:
-                raise _refused("invalid token") from None
-            return self._accept(claims, iss)
-        raise _refused("token signature invalid")
+        claims = decode_signed(token, candidates, alg, audience=audiences, issuer=iss, leeway=self.settings.leeway_s,
+                               required=_REQUIRED_CLAIMS)
+        return self._accept(claims, iss)
 
     def _accept(self, claims: dict[str, Any], iss: str) -> CdsCaller:
         exp, iat, jti = claims["exp"], claims["iat"], claims["jti"]

@@ -302,6 +302,7 @@ def baseline_command(
 
 
 # --- demo -----------------------------------------------------------------------------------
+DEMO_AS_OF = "2024-12-24T12:00:00+00:00"
 DEMO_HOSPITAL = "Riverside General"
 
 
@@ -345,7 +346,10 @@ def demo_command(
                           out=workdir / "reports" / champion, resamples=1000)
 
     stdout.rule("6. The scoring service: Ray Serve on 127.0.0.1, the champion, FHIR in and out")
-    demo_serve(fhir, workdir)
+    key = demo_serve(fhir, workdir)
+
+    stdout.rule(f"7. The hospital's last days through the service: worklist, bed board, outcomes (as of {DEMO_AS_OF})")
+    demo_views(fhir, key)
 
 
 def demo_serve(fhir: Path, workdir: Path, n_notes: int = 5) -> None:
@@ -363,6 +367,8 @@ def demo_serve(fhir: Path, workdir: Path, n_notes: int = 5) -> None:
     key, digest = generate_api_key()
     os.environ["LANG1OPS_SERVING__AUTH"] = json.dumps(
         {"api_keys": [{"name": "demo", "key_sha256": digest, "roles": ["scorer", "reader", "admin"]}]})
+    # the synthetic hospital's data ends in 2024: the pages show it as of its last days
+    os.environ["LANG1OPS_VIEWS__AS_OF"] = DEMO_AS_OF
     key_file = workdir / "api-key.txt"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
@@ -393,6 +399,49 @@ def demo_serve(fhir: Path, workdir: Path, n_notes: int = 5) -> None:
     stdout.print(f"The service is still running at {base} (FHIR base {base}/fhir, API docs {base}/docs).\n"
                  f"Its API key is in {key_file} (send it as 'Authorization: Bearer <key>'). "
                  f"Stop it with: .venv/bin/lang1ops serve --stop")
+    return key
+
+
+def demo_views(fhir: Path, key: str, days: int = 10) -> None:
+    """Load the census, score every note of the last `days` before DEMO_AS_OF through the running
+    service (as the EHR's Subscription would), record the outcomes known by then, print the pages."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timedelta
+
+    import httpx
+
+    from integration.batch_cli import outcomes_command
+    from serving.views.cli import load_census, urls
+
+    settings = get_settings()
+    load_census(fhir)
+    end = datetime.fromisoformat(DEMO_AS_OF)
+    start = end - timedelta(days=days)
+    notes = []
+    with (fhir / "DocumentReference.ndjson").open() as f:
+        for line in f:
+            resource = json.loads(line)
+            if start <= datetime.fromisoformat(resource["date"]) <= end:
+                notes.append(resource)
+    base = f"http://127.0.0.1:{settings.serving.port}"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/fhir+json"}
+
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        def post(resource: dict) -> int:
+            return client.post("/fhir/DocumentReference/$score", json=resource).status_code
+
+        with progress_bar() as progress, ThreadPoolExecutor(4) as pool:
+            task = progress.add_task(f"scoring {len(notes)} notes of {start:%Y-%m-%d}..{end:%Y-%m-%d}", total=len(notes))
+            statuses = []
+            for status in pool.map(post, notes):
+                statuses.append(status)
+                progress.advance(task)
+    failed = sum(1 for s in statuses if s != 200)
+    stdout.print(f"scored {len(statuses) - failed} notes through the service" + (f", {failed} refused" if failed else ""))
+    outcomes_command(input_dir=fhir, as_of=DEMO_AS_OF)
+    stdout.print(f"Pages (sign in with the key in the demo's api-key.txt), showing the hospital as of {DEMO_AS_OF}:")
+    urls()
 
 
 def demo_champion(dataset: Path, workdir: Path) -> str:

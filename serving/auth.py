@@ -210,6 +210,33 @@ def _unauthorized(message: str, error: str = "invalid_token") -> AuthError:
     return AuthError(401, message, error=error)
 
 
+def decode_signed(token: str, candidates: list, alg: str, audience: str | list[str], issuer: str, leeway: float,
+                  required: list[str]) -> dict[str, Any]:
+    """The claims of `token`, verified against the first candidate key whose signature matches
+    (a JWKS may hold several keys under one kid during a rotation). Every refusal is a 401
+    AuthError that names the failed check, never the token's content."""
+    for candidate in candidates:
+        try:
+            return jwt.decode(token, candidate.key, algorithms=[alg], audience=audience, issuer=issuer, leeway=leeway,
+                              options={"require": required, "verify_signature": True, "verify_iat": True})
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _unauthorized("token not yet valid (iat or nbf in the future)") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthorized("token audience not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise _unauthorized("token issuer not accepted") from None
+        except jwt.MissingRequiredClaimError as exc:
+            claim = exc.claim if exc.claim in required else "a claim"
+            raise _unauthorized(f"token lacks required claim {claim}") from None
+        except jwt.PyJWTError:
+            raise _unauthorized("invalid token") from None
+    raise _unauthorized("token signature invalid")
+
+
 def hash_api_key(key: str) -> str:
     """The SHA-256 hex digest stored in the settings in place of the key."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -421,34 +448,9 @@ class Authenticator:
         candidates = [k for k in issuer_keys.keys_for(kid, self._client, self._clock()) if k.fits(alg)]
         if not candidates:
             raise _unauthorized("token signing key not recognised")
-        for candidate in candidates:
-            try:
-                claims = jwt.decode(
-                    token,
-                    candidate.key,
-                    algorithms=[alg],
-                    audience=config.audience,
-                    issuer=config.issuer,
-                    leeway=config.leeway_s,
-                    options={"require": _REQUIRED_CLAIMS, "verify_signature": True},
-                )
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.ExpiredSignatureError:
-                raise _unauthorized("token expired") from None
-            except jwt.ImmatureSignatureError:
-                raise _unauthorized("token not yet valid") from None
-            except jwt.InvalidAudienceError:
-                raise _unauthorized("token audience not accepted") from None
-            except jwt.InvalidIssuerError:
-                raise _unauthorized("token issuer not accepted") from None
-            except jwt.MissingRequiredClaimError as exc:
-                claim = exc.claim if exc.claim in _REQUIRED_CLAIMS else "a claim"
-                raise _unauthorized(f"token lacks required claim {claim}") from None
-            except jwt.PyJWTError:
-                raise _unauthorized("invalid token") from None
-            return Principal(self._subject(claims), self._roles(claims, config), f"jwt:{config.issuer}")
-        raise _unauthorized("token signature invalid")
+        claims = decode_signed(token, candidates, alg, audience=config.audience, issuer=config.issuer,
+                               leeway=config.leeway_s, required=_REQUIRED_CLAIMS)
+        return Principal(self._subject(claims), self._roles(claims, config), f"jwt:{config.issuer}")
 
     @staticmethod
     def _subject(claims: dict[str, Any]) -> str:

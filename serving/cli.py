@@ -71,8 +71,6 @@ def serve(
 
 
 def start_detached(port: int, model: str | None) -> None:
-    import httpx
-
     path = pid_file()
     if path.exists() and _alive(int(path.read_text())):
         stdout.print(f"already running (pid {path.read_text().strip()}); `lang1ops serve --stop` stops it")
@@ -82,19 +80,27 @@ def start_detached(port: int, model: str | None) -> None:
     args = [sys.executable, "-m", "lang1ops.cli", "serve", "--port", str(port)] + (["--model", model] if model else [])
     process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, env=os.environ.copy())
     path.write_text(str(process.pid))
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise typer.Exit(code=1)
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                stdout.print(f"service ready on http://127.0.0.1:{port} (pid {process.pid}, log {path.with_suffix('.log')})")
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    if wait_until_ready(f"http://127.0.0.1:{port}", 240, alive=lambda: process.poll() is None):
+        stdout.print(f"service ready on http://127.0.0.1:{port} (pid {process.pid}, log {path.with_suffix('.log')})")
+        return
     stdout.print("service did not become ready in 240 s; see the log")
     raise typer.Exit(code=1)
+
+
+def wait_until_ready(base_url: str, timeout_s: float, alive=lambda: True, poll_s: float = 0.5) -> bool:
+    """Poll `GET {base_url}/readyz` until it answers 200 (True), the timeout passes or `alive()`
+    turns false (False): a service's first seconds are refused connections, then 503s."""
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and alive():
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    return False
 
 
 def stop_detached() -> None:

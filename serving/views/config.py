@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 
 class ViewsSettings(BaseModel):
@@ -25,4 +25,7 @@ class ViewsSettings(BaseModel):
                                                            "role), never reader.")
     inpatient_classes: list[str] = Field(["IMP", "ACUTE", "NONAC", "OBSENC"],
                                          description="Encounter.class codes (v3 ActCode) the census keeps.")
+    as_of: AwareDatetime | None = Field(None, description="Show the views as of this instant instead of now when a "
+                                                          "request gives no as_of (the demo replays its synthetic "
+                                                          "hospital's last weeks; back-testing).")
     mlops_events: int = Field(50, ge=1, le=1000, description="How many registry and loop events the MLOps page lists.")

@@ -78,7 +78,8 @@ def views_router(settings: ViewsSettings | None = None, registry_dir: Path | Non
 
     def as_of_or_now(as_of: datetime | None) -> datetime:
         if as_of is None:
-            return datetime.now(UTC)
+            # a replayed instant (demos over a past export, back-testing) or the real now
+            return settings.as_of.astimezone(UTC) if settings.as_of else datetime.now(UTC)
         return (as_of.replace(tzinfo=zone) if as_of.tzinfo is None else as_of).astimezone(UTC)
 
     async def contract_and_bands(request: Request):
@@ -195,7 +196,7 @@ def views_router(settings: ViewsSettings | None = None, registry_dir: Path | Non
         service = request.app.state.service
         info = await service.backend.model_info()
         store = request.app.state.store
-        now = datetime.now(UTC)
+        now = as_of_or_now(None)
 
         def load():
             return {"registry": mlops.registry_summary(registry_dir, model_name, settings.mlops_events),

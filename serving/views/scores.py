@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from serving.store import Prediction, ScoredNote, Store
@@ -24,26 +24,39 @@ class TaskScore:
 
 
 def latest_scores(store: Store, encounter_ids: Iterable[str], as_of: datetime) -> dict[str, dict[str, TaskScore]]:
-    """encounter id -> task -> the newest non-shadow score of that task scored at or before
-    `as_of` (a re-scored note or a later note of the same encounter replaces an older one)."""
+    """encounter id -> task -> the newest non-shadow score of that task, for notes written at or
+    before `as_of` (a later note of the same encounter replaces an older one; a re-scored note,
+    e.g. by a new champion, replaces its older score).
+
+    A note counts from its own date, not from when it was scored: live, a note is scored within
+    seconds of being signed, and a replay (`views.as_of`, back-testing) scores past notes now."""
+    written = func.coalesce(ScoredNote.note_date, ScoredNote.scored_at)
     ids = sorted(set(encounter_ids))
     out: dict[str, dict[str, TaskScore]] = {}
     with Session(store.engine) as session:
         for start in range(0, len(ids), _CHUNK):
             rows = session.execute(
-                select(ScoredNote.id, ScoredNote.encounter_id, ScoredNote.scored_at, ScoredNote.model_version,
+                select(ScoredNote.id, ScoredNote.encounter_id, written, ScoredNote.scored_at, ScoredNote.model_version,
                        ScoredNote.note_type, Prediction.task, Prediction.class_index, Prediction.probability)
                 .join(Prediction, Prediction.scored_note_id == ScoredNote.id)
                 .where(ScoredNote.encounter_id.in_(ids[start:start + _CHUNK]), ScoredNote.shadow.is_(False),
-                       ScoredNote.scored_at <= as_of)
-                .order_by(ScoredNote.scored_at, ScoredNote.id, Prediction.task, Prediction.class_index)
+                       written <= as_of)
+                .order_by(ScoredNote.id, Prediction.task, Prediction.class_index)
             ).all()
             by_note: dict[tuple[str, int, str], list] = {}
-            for note_id, encounter, scored_at, version, note_type, task, _, p in rows:
-                by_note.setdefault((encounter, note_id, task), [scored_at, version, note_type, []])[3].append(p)
-            # rows come oldest first, so the last assignment per (encounter, task) is the newest
-            for (encounter, note_id, task), (scored_at, version, note_type, probs) in by_note.items():
-                current = out.setdefault(encounter, {}).get(task)
-                if current is None or (scored_at, note_id) >= (current.scored_at, current.scored_note_id):
-                    out[encounter][task] = TaskScore(probs, version, scored_at, note_type or None, note_id)
+            for note_id, encounter, note_time, scored_at, version, note_type, task, _, p in rows:
+                by_note.setdefault((encounter, note_id, task), [note_time, scored_at, version, note_type, []])[4].append(p)
+            newest: dict[tuple[str, str], tuple] = {}
+            for (encounter, note_id, task), (note_time, scored_at, version, note_type, probs) in by_note.items():
+                rank = (_utc(note_time), _utc(scored_at), note_id)
+                if (encounter, task) not in newest or rank >= newest[(encounter, task)]:
+                    newest[(encounter, task)] = rank
+                    out.setdefault(encounter, {})[task] = TaskScore(probs, version, scored_at, note_type or None, note_id)
     return out
+
+
+def _utc(value: datetime) -> datetime:
+    # coalesce() loses the column type: SQLite hands back a naive UTC datetime (or its text)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -16,6 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from lang1ops.tasks import DEFAULT_CONTRACT
 from monitoring.prometheus import RULES_FILE, PrometheusServer, prometheus_config
+from serving.cli import wait_until_ready
 from tests.serving.test_serve_app import HEADERS, doc, free_port, make_settings
 from tests.support import require_binary
 from training.artifacts import zero_shot_artifact
@@ -42,14 +43,7 @@ def service(tiny_llama_dir, tmp_path_factory):
     assert settings.serving.scorer_replicas == 2
     run(settings, blocking=False)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    assert wait_until_ready(base, 180), "service not ready"
     prometheus = PrometheusServer(root / "prometheus",
                                   prometheus_config([f"127.0.0.1:{port}"], scrape_interval="1s", rule_files=[RULES_FILE]))
     prometheus.start()

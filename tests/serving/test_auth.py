@@ -221,8 +221,8 @@ def test_garbage_token_is_401(inline_auth, token):
     ("overrides", "message"),
     [
         ({"exp": int(time.time()) - 120}, "token expired"),
-        ({"nbf": int(time.time()) + 600}, "token not yet valid"),
-        ({"iat": int(time.time()) + 600}, "token not yet valid"),
+        ({"nbf": int(time.time()) + 600}, "token not yet valid (iat or nbf in the future)"),
+        ({"iat": int(time.time()) + 600}, "token not yet valid (iat or nbf in the future)"),
         ({"aud": "some-other-api"}, "token audience not accepted"),
         ({"iss": "https://evil.example/"}, "token issuer not accepted"),
         ({"exp": None}, "token lacks required claim exp"),

@@ -18,6 +18,7 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from lang1ops.settings import Settings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.auth import ApiKey, AuthSettings, Role, hash_api_key
+from serving.cli import wait_until_ready
 from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
 from training.artifacts import zero_shot_artifact
@@ -62,14 +63,7 @@ def service(tiny_llama_dir, tmp_path_factory):
     settings = make_settings(root, tiny_llama_dir, f"sqlite:///{root / 'store.sqlite'}", port)
     run(settings, blocking=False)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    assert wait_until_ready(base, 120), "service not ready"
     yield {"base": base, "settings": settings, "registry": registry, "root": root}
     serve.shutdown()
     import ray

@@ -166,3 +166,18 @@ def test_mlops_shows_drift_checks_and_loop_events_from_monitoring_history(client
     assert report.status_code == 200 and "evidently drift report" in report.text
     assert client.get(f"/views/api/drift/{run_id}/report").status_code == 401
     assert client.get("/views/api/drift/999999/report", headers=bearer("reader")).status_code == 404
+
+
+def test_a_configured_as_of_replays_the_views_at_that_instant(views_world):
+    """The demo's hospital ends in the past: `views.as_of` shows it as of then when a request
+    names no instant; an explicit as_of still wins."""
+    from datetime import timedelta
+
+    replay = views_world["now"] - timedelta(days=365)
+    app, store = build_app(views_world, ViewsSettings(as_of=replay))
+    with TestClient(app) as c:
+        then = c.get("/views/api/worklist", headers=bearer("reader")).json()
+        assert then["as_of"].startswith(replay.isoformat()[:19]) and then["total"] == 0  # nobody admitted a year ago
+        now = c.get("/views/api/worklist", params={"as_of": views_world["now"].isoformat()}, headers=bearer("reader"))
+        assert now.json()["total"] > 0
+    store.dispose()
