@@ -15,6 +15,8 @@ from lang1ops.progress import console as progress_console
 from lang1ops.progress import progress_bar, track
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
+from monitoring.cli import monitor_app
+from monitoring.prometheus import run_prometheus
 from serving import cli as serving_cli
 from serving.views.cli import app as views_app
 from training import cli as training_cli
@@ -29,6 +31,8 @@ app.add_typer(training_cli.registry_app, name="registry")
 app.add_typer(batch_cli.app, name="batch")
 app.add_typer(integration_app, name="integration")
 app.add_typer(views_app, name="views")
+app.add_typer(monitor_app, name="monitor")
+monitor_app.command("prometheus")(run_prometheus)
 app.command("serve")(serving_cli.serve)
 
 # Results go to stdout; progress (lang1ops.progress) goes to stderr.

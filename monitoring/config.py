@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from monitoring.settings_model import DriftLoopSettings
+
 
 class AlertWebhookSettings(BaseModel):
     """The Alertmanager webhook receiver (`POST /alerts/alertmanager`)."""
@@ -24,3 +26,5 @@ class MonitoringSettings(BaseModel):
 
     alerts: AlertWebhookSettings = Field(default_factory=AlertWebhookSettings,
                                          description="The Alertmanager webhook receiver.")
+    loop: DriftLoopSettings = Field(default_factory=DriftLoopSettings,
+                                    description="Drift checks, performance windows and the retraining loop.")

@@ -14,6 +14,12 @@ from lang1ops.settings import Settings
 
 def extension_routers(settings: Settings) -> list[APIRouter]:
     from monitoring.alerts import alertmanager_router
+    from monitoring.metrics import register_collector
+    from monitoring.status_metrics import MonitoringStatusCollector
+    from serving.store import Store
+
+    # drift, label and rolling-AUROC gauges, read from the store at scrape time
+    register_collector(MonitoringStatusCollector(Store(settings.serving.store_url)))
 
     routers: list[APIRouter] = [alertmanager_router(settings.monitoring.alerts)]
     if settings.integration.cds_hooks.enabled:

@@ -69,8 +69,10 @@ class EncodingCache:
                                 [(fingerprint, sha, np.asarray(v, dtype=np.float32).tobytes()) for sha, v in items.items()])
 
 
-def encoder_fingerprint(base_sha: str, layer: int, max_note_tokens: int) -> str:
-    return hashlib.sha256(f"{base_sha}:{layer}:mean:{max_note_tokens}".encode()).hexdigest()[:24]
+def encoder_fingerprint(base_sha: str, layer: int, max_note_tokens: int, dtype: torch.dtype) -> str:
+    # the dtype is part of the key: bf16 and fp32 encodings of one note differ by more than
+    # drift checks and heads tolerate, so a cache filled in one must not answer the other
+    return hashlib.sha256(f"{base_sha}:{layer}:mean:{max_note_tokens}:{dtype}".encode()).hexdigest()[:24]
 
 
 def encode_with_cache(encoder: NoteEncoder, notes: pd.DataFrame, cache: EncodingCache | None,
@@ -154,7 +156,8 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
     prompt = PromptEncoder(load_tokenizer(base_dir), contract, config.max_note_tokens)
     encoder = NoteEncoder(model, prompt, list(config.layers), config.batch_notes)
     base_sha = weights_sha256(base_dir)
-    fingerprints = {layer: encoder_fingerprint(base_sha, layer, config.max_note_tokens) for layer in encoder.layers}
+    fingerprints = {layer: encoder_fingerprint(base_sha, layer, config.max_note_tokens, model.dtype)
+                    for layer in encoder.layers}
 
     notes = {s: sample_notes(dataset, s, tasks, config.max_notes.get(s), config.seed) for s in ("train", "val")}
     every = pd.concat(notes.values())

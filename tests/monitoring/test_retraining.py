@@ -1,0 +1,123 @@
+"""The retraining loop's gate and bookkeeping on a small hospital (tiny model, heads)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from monitoring.history import MonitoringHistory
+from monitoring.retraining import DatasetSource, RetrainingLoop, default_trainer
+from monitoring.settings_model import DriftLoopSettings
+from serving.store import Store
+from training.dataset import Dataset
+from training.heads import EncodingCache
+from training.registry import Registry
+
+NAME = "lang1-ops"
+
+
+def flipped(dataset: Dataset, out) -> Dataset:
+    """The same notes with every label reversed: a model trained on it ranks backwards."""
+    labels = dataset.labels.copy()
+    n_classes = {t.name: t.n_classes for t in dataset.contract.tasks}
+    labels["label"] = [n_classes[t] - 1 - y for t, y in zip(labels["task"], labels["label"], strict=True)]
+    out.mkdir(parents=True)
+    dataset.notes.to_parquet(out / "notes.parquet", index=False)
+    labels.to_parquet(out / "labels.parquet", index=False)
+    (out / "dataset.json").write_text((dataset.path / "dataset.json").read_text())
+    return Dataset.load(out)
+
+
+@pytest.fixture()
+def loop_parts(small_dataset, small_hospital_base, tmp_path):
+    settings = DriftLoopSettings(runs_dir=tmp_path / "runs", min_labeled_notes=50, gate_resamples=200,
+                                 heads_layers=[1], max_train_notes=2000, cooldown_hours=24)
+    registry = Registry(tmp_path / "registry")
+    cache = EncodingCache(tmp_path / "cache.sqlite")
+    trainer = default_trainer(settings, small_hospital_base, 128, NAME, cache)
+    champion = registry.register(trainer(Dataset.load(small_dataset), tmp_path / "champion", {}), "test", "champion")
+    registry.promote(NAME, champion.version, "test", "first", expected_champion="")
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    return settings, registry, cache, trainer, store, champion
+
+
+def test_the_gate_refuses_a_deliberately_worse_candidate_and_says_why(loop_parts, small_dataset, small_hospital_base,
+                                                                        tmp_path):
+    settings, registry, cache, trainer, store, champion = loop_parts
+
+    def worse(dataset, out_dir, lineage):
+        return trainer(flipped(dataset, tmp_path / "flipped"), out_dir, lineage)
+
+    history = MonitoringHistory(store)
+    loop = RetrainingLoop(settings, store, registry, NAME, DatasetSource(small_dataset, "test"), worse,
+                          base_fallback=small_hospital_base, cache=cache, history=history)
+    result = loop.run_once(manual="test: a deliberately worse candidate")
+    assert result.outcome == "refused", result.table
+    assert result.decision["candidate_mean"] < result.decision["champion_mean"]
+    assert registry.get(NAME, "champion").version == champion.version  # unchanged
+    refusal = registry.audit(NAME)[-1]
+    assert refusal["action"] == "refuse" and refusal["version"] == result.candidate
+    assert "refused by the promotion gate" in refusal["reason"] and refusal["details"]["gate"]["accept"] is False
+    assert registry.aliases(NAME)["challenger"] == result.candidate  # kept for inspection (shadow scoring)
+    steps = [(e["step"], e["outcome"]) for e in history.events(result.cycle)]
+    assert steps == [("trigger", "triggered"), ("pull", "ok"), ("train", "ok"), ("evaluate", "refuse"),
+                     ("refuse", "refused")]
+    assert "| mean |" in history.events(result.cycle)[3]["detail"]["table"]
+
+
+def test_triggers_cooldown_and_minimum_labels(loop_parts, small_dataset, small_hospital_base):
+    settings, registry, cache, trainer, store, champion = loop_parts
+    history = MonitoringHistory(store)
+    loop = RetrainingLoop(settings, store, registry, NAME, DatasetSource(small_dataset, "test"), trainer,
+                          base_fallback=small_hospital_base, cache=cache, history=history)
+    assert loop.run_once().outcome == "idle"  # nothing detected, nothing to do
+    now = datetime.now(UTC)
+    history.record_event("earlier", "train", "ok", time=now - timedelta(hours=1))
+    history.record_drift(checked_at=now, window_start=now, window_end=now, window_by="scored_at", model_version="v0001",
+                         n_current=300, n_reference=1000, detected=True, checks={"descriptors": {"detected": True}},
+                         features={}, report_dir=None, duration_s=1.0)
+    cooled = loop.run_once(now=now + timedelta(seconds=1))
+    assert cooled.outcome == "cooldown" and [t.kind for t in cooled.triggers] == ["drift"]
+    assert loop.run_once(now=now + timedelta(seconds=2)).outcome == "idle"  # the same drift run triggers once
+    strict = RetrainingLoop(settings.model_copy(update={"min_labeled_notes": 10**6}), store, registry, NAME,
+                            DatasetSource(small_dataset, "test"), trainer, history=history)
+    assert strict.run_once(manual="test").outcome == "too-few-labels"
+    assert registry.get(NAME, "champion").version == champion.version
+
+
+def test_firing_alerts_from_the_alert_log_trigger_retraining(monkeypatch, tmp_path):
+    """monitoring.alerts is another area's module: a stand-in with its AlertLog interface."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class AlertEvent:
+        name: str
+        status: str
+        severity: str | None
+        task: str | None
+        starts_at: datetime | None
+        received_at: datetime
+        fingerprint: str
+        labels: dict
+
+    now = datetime.now(UTC)
+    firing = [AlertEvent("Lang1opsAurocLow", "firing", "warning", "mortality", now, now, "f1", {}),
+              AlertEvent("Lang1opsScorerErrors", "firing", "critical", None, now, now, "f2", {})]
+
+    class AlertLog:
+        def __init__(self, store):
+            self.store = store
+
+        def firing(self, since):
+            return [a for a in firing if a.received_at >= since]
+
+    monkeypatch.setitem(sys.modules, "monitoring.alerts", types.SimpleNamespace(AlertLog=AlertLog))
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    loop = RetrainingLoop(DriftLoopSettings(runs_dir=tmp_path), store, Registry(tmp_path / "registry"), NAME,
+                          DatasetSource(tmp_path, "test"), trainer=None)
+    triggers = loop.triggers(now)
+    assert [t.kind for t in triggers] == ["alert"]  # scorer errors do not call for a new model
+    assert "Lang1opsAurocLow" in triggers[0].reason and "task mortality" in triggers[0].reason
