@@ -355,6 +355,11 @@ def demo_command(
     stdout.rule(f"7. The hospital's last days through the service: worklist, bed board, outcomes (as of {DEMO_AS_OF})")
     demo_views(fhir, key)
 
+    stdout.rule("8. Temporal shift: a stale champion, drift detected, retrained, judged by the gate")
+    from monitoring.cli import scenario
+
+    scenario(workdir=workdir / "scenario", fast=True)
+
 
 def demo_serve(fhir: Path, workdir: Path, n_notes: int = 5) -> None:
     """Start the service in the background with a demo API key and score a few of the

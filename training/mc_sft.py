@@ -168,6 +168,9 @@ def make_model(base_dir: Path, config: SftConfig) -> torch.nn.Module:
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        # LoRA's A matrices are drawn from torch's global generator: seed it, or a run's result
+        # depends on whatever drew random numbers before it (a second lr_search chose another lr)
+        torch.manual_seed(config.seed)
         model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                                                  lora_dropout=config.lora_dropout, target_modules=list(config.lora_targets),
                                                  task_type="CAUSAL_LM"))

@@ -119,6 +119,6 @@ def test_prometheus_scrapes_scorer_metrics_from_both_replicas(service):
     firing = [r["name"] for g in groups.values() for r in g["rules"] if r.get("state") == "firing"]
     assert firing == []
 
-    # figures for docs/monitoring-metrics.md
+    # figures for docs/monitoring.md (Metrics and alerts)
     print(f"\nSCRAPE FIGURES posted={posted} per_process={sorted(per_process.values())} batches={batches} "
           f"p95={p95:.3f}s")
