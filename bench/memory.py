@@ -74,8 +74,10 @@ and VmHWM, the peak, reset after loading so that scoring's own peak shows). Mach
 {lines}
 
 {"The scorer serves bf16 on this CPU (native AVX-512 BF16)." if bf16_native else "This CPU has no native bf16 matmul: the scorer serves fp32 here, so the rows are fp32."}
-The growth with batch size is the keys/values of the notes (about 4.7 MB per 512-token note in fp32 for
-30 layers x 3 KV heads x 64 dims) plus activations of the batch.
+Loading peaks above the resident size because the checkpoint is read in fp32 and then cast. While
+scoring, memory grows with the batch: each 512-token note's keys/values (30 layers x 3 KV heads x 64
+dims x 2 bytes in bf16, about 2.4 MB) plus the batch's activations and attention workspace, which
+dominate; `serving.max_batch_size` (default 8) bounds it.
 """
     write_section("memory", body, doc)
     return body
