@@ -61,6 +61,18 @@ def _outbound_auth(settings):
     return outbound_auth(settings.integration.subscriptions.client)
 
 
+def _data_dir(export_url: str | None, input_dir: Path | None, pull) -> Path:
+    """The Bulk data a command reads: exactly one of a fresh export (`pull()` downloads it) or a
+    directory already on disk."""
+    if (export_url is None) == (input_dir is None):
+        raise _fail("give exactly one of --export-url and --input")
+    if export_url:
+        return pull()
+    if not input_dir.exists():
+        raise _fail(f"--input {input_dir} does not exist")
+    return input_dir
+
+
 def _instant(value: str | None, option: str = "--since") -> datetime | None:
     if value is None:
         return None
@@ -119,15 +131,10 @@ def score_command(
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16 or float32 (default: settings).")] = None,
 ) -> None:
     """Score every note of an export; write RiskAssessment ndjson and the store (source "bulk")."""
-    if (export_url is None) == (input_dir is None):
-        raise _fail("give exactly one of --export-url and --input")
     settings = _settings()
     bulk = _bulk_settings(settings)
-    if export_url:
-        input_dir = pull_export(export_url, out / "export", type_ or bulk.batch.note_types, _instant(since), level,
-                                group, settings)
-    elif not input_dir.exists():
-        raise _fail(f"--input {input_dir} does not exist")
+    input_dir = _data_dir(export_url, input_dir, lambda: pull_export(
+        export_url, out / "export", type_ or bulk.batch.note_types, _instant(since), level, group, settings))
 
     from integration.batch_score import RayPoolBackend, count_notes, run_batch
     from serving.backends import LocalBackend, resolve_model
@@ -180,15 +187,11 @@ def outcomes_command(
     store_url: StoreUrl = None,
 ) -> None:
     """Record true outcomes (discharges, deaths, claims) for the scored encounters."""
-    if (export_url is None) == (input_dir is None):
-        raise _fail("give exactly one of --export-url and --input")
     settings = _settings()
     bulk = _bulk_settings(settings)
-    if export_url:
-        target = out or bulk.work_dir / f"outcomes-{datetime.now().strftime('%Y%m%dT%H%M%S')}"
-        input_dir = pull_export(export_url, target, bulk.outcomes.resource_types, None, "system", None, settings)
-    elif not input_dir.exists():
-        raise _fail(f"--input {input_dir} does not exist")
+    input_dir = _data_dir(export_url, input_dir, lambda: pull_export(
+        export_url, out or bulk.work_dir / f"outcomes-{datetime.now().strftime('%Y%m%dT%H%M%S')}",
+        bulk.outcomes.resource_types, None, "system", None, settings))
     from integration.outcomes_feed import feed_outcomes
     from serving.store import Store
 

@@ -36,6 +36,7 @@ from serving.auth import (
     AuthError,
     IssuerKeys,
     JwtIssuer,
+    KeyFetchClient,
     Principal,
     Role,
     decode_signed,
@@ -118,22 +119,12 @@ class CdsJwtVerifier:
                  clock: Callable[[], float] = time.time):
         self.settings = settings
         self._clients = {c.issuer: _Client(c, settings.jku_ttl_s) for c in settings.clients}
-        self._http = http
-        self._owns_http = http is None
-        self._http_lock = threading.Lock()
+        self._keys_http = KeyFetchClient(http)
         self._clock = clock
         self.replays = JtiReplayCache(settings.max_remembered_jtis, clock)
 
-    def _client(self) -> httpx.Client:
-        with self._http_lock:
-            if self._http is None:
-                self._http = httpx.Client(timeout=httpx.Timeout(5.0), follow_redirects=False)
-            return self._http
-
     def close(self) -> None:
-        if self._owns_http and self._http is not None:
-            self._http.close()
-            self._http = None
+        self._keys_http.close()
 
     def verify(self, authorization_headers: Sequence[str], audiences: Sequence[str]) -> CdsCaller:
         """`audiences`: the URL(s) of the endpoint called, one of which `aud` must equal."""
@@ -180,7 +171,7 @@ class CdsJwtVerifier:
             keys = client.configured
         else:
             raise _refused("token has no jku and no JWK Set is configured for this issuer")
-        candidates = [k for k in keys.keys_for(kid, self._client, time.monotonic()) if k.fits(alg)]
+        candidates = [k for k in keys.keys_for(kid, self._keys_http.get, time.monotonic()) if k.fits(alg)]
         if not candidates:
             raise _refused("token signing key not recognised")
         claims = decode_signed(token, candidates, alg, audience=audiences, issuer=iss, leeway=self.settings.leeway_s,

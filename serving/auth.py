@@ -210,6 +210,27 @@ def _unauthorized(message: str, error: str = "invalid_token") -> AuthError:
     return AuthError(401, message, error=error)
 
 
+class KeyFetchClient:
+    """The HTTP client that fetches JWKS documents: created on first use (most deployments verify
+    against configured keys only), shared by threads, closed only if it was made here."""
+
+    def __init__(self, http: httpx.Client | None = None):
+        self._http = http
+        self._owns_http = http is None
+        self._lock = threading.Lock()
+
+    def get(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=httpx.Timeout(5.0), follow_redirects=False)
+            return self._http
+
+    def close(self) -> None:
+        if self._owns_http and self._http is not None:
+            self._http.close()
+            self._http = None
+
+
 def decode_signed(token: str, candidates: list, alg: str, audience: str | list[str], issuer: str, leeway: float,
                   required: list[str]) -> dict[str, Any]:
     """The claims of `token`, verified against the first candidate key whose signature matches
@@ -361,24 +382,14 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
-        self._http = http
-        self._owns_http = http is None
-        self._http_lock = threading.Lock()
+        self._keys_http = KeyFetchClient(http)
         self._clock = clock
         self._issuers = {config.issuer: IssuerKeys(config) for config in settings.issuers}
         if settings.allow_unauthenticated:
             logger.warning("authentication is OFF for requests without credentials (allow_unauthenticated)")
 
-    def _client(self) -> httpx.Client:
-        with self._http_lock:
-            if self._http is None:
-                self._http = httpx.Client(timeout=httpx.Timeout(5.0), follow_redirects=False)
-            return self._http
-
     def close(self) -> None:
-        if self._owns_http and self._http is not None:
-            self._http.close()
-            self._http = None
+        self._keys_http.close()
 
     def authenticate(self, authorization_header: str | None) -> Principal:
         if authorization_header is None or not authorization_header.strip():
@@ -445,7 +456,7 @@ class Authenticator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise _unauthorized("token has no key id")
-        candidates = [k for k in issuer_keys.keys_for(kid, self._client, self._clock()) if k.fits(alg)]
+        candidates = [k for k in issuer_keys.keys_for(kid, self._keys_http.get, self._clock()) if k.fits(alg)]
         if not candidates:
             raise _unauthorized("token signing key not recognised")
         claims = decode_signed(token, candidates, alg, audience=config.audience, issuer=config.issuer,
