@@ -127,7 +127,8 @@ class CdsHooksSettings(BaseModel):
     base_path: str = Field("", description="Path before /cds-services ('' = at the app root, or e.g. '/cds').")
     public_base_url: str | None = Field(
         None, description="The service's URL as the EHR calls it (e.g. https://lang1.hospital.example), used "
-        "for the JWT `aud` check behind a proxy. None: taken from the request.")
+        "for the JWT `aud` check behind a proxy. None: the origin of serving.api.base_url (never the "
+        "request's Host header, which the caller chooses).")
     clients: list[CdsClient] = Field(default_factory=list, description="Allow-listed EHRs (by `iss`).")
     require_jwt: bool = Field(True, description="Refuse calls without a valid EHR JWT. False only for a local "
                                                 "sandbox; never in production.")

@@ -287,7 +287,8 @@ def _render(template: str, context: dict[str, Any]) -> str:
 
 
 def _note_type_of(resource: dict, contract: TaskContract) -> NoteType | None:
-    for coding in (resource.get("type") or {}).get("coding") or []:
+    codings = _object(resource.get("type")).get("coding")
+    for coding in codings if isinstance(codings, list) else []:
         if isinstance(coding, dict) and coding.get("system") == LOINC and isinstance(coding.get("code"), str):
             if kind := contract.note_type_of_loinc(coding["code"]):
                 return kind
@@ -301,7 +302,8 @@ def _candidates(resources: list[Any], patient_id: str, contract: TaskContract, w
     for resource in resources:
         if not isinstance(resource, dict) or resource.get("resourceType") != "DocumentReference":
             continue
-        subject = reference_id(((resource.get("subject") or {}).get("reference")), "Patient")
+        reference = _object(resource.get("subject")).get("reference")
+        subject = reference_id(reference if isinstance(reference, str) else None, "Patient")
         if subject != patient_id:
             raise ApiError(422 if where == "prefetch" else 502, "invalid",
                            f"{where}: a DocumentReference is not about context.patientId")
@@ -310,11 +312,11 @@ def _candidates(resources: list[Any], patient_id: str, contract: TaskContract, w
         kind = _note_type_of(resource, contract)
         if kind is None:
             continue
-        context = resource.get("context") or {}
-        encounters = context.get("encounter") or []
-        encounter = reference_id(encounters[0].get("reference"), "Encounter") if encounters and isinstance(
-            encounters[0], dict) else None
-        when = resource.get("date") or (context.get("period") or {}).get("start")
+        context = _object(resource.get("context"))
+        encounters = context.get("encounter")
+        first = _object(encounters[0]) if isinstance(encounters, list) and encounters else {}
+        encounter = reference_id(first.get("reference"), "Encounter") if isinstance(first.get("reference"), str) else None
+        when = resource.get("date") or _object(context.get("period")).get("start")
         out.append(Candidate(resource, kind, aware_datetime(when) if isinstance(when, str) else None, encounter))
     oldest = datetime.min.replace(tzinfo=UTC)
     return sorted(out, key=lambda c: c.date or oldest, reverse=True)
@@ -328,8 +330,21 @@ def _bundle_resources(bundle: Any, where: str) -> list[Any]:
     if bundle.get("resourceType") != "Bundle":
         raise ApiError(422 if where == "prefetch" else 502, "structure",
                        f"{where}: expected a Bundle, got {str(bundle.get('resourceType'))[:40]}")
-    return [e.get("resource") for e in bundle.get("entry") or []
-            if isinstance(e, dict) and (e.get("search") or {}).get("mode", "match") == "match"]
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise ApiError(422 if where == "prefetch" else 502, "structure", f"{where}: Bundle.entry must be a list")
+    return [e.get("resource") for e in entries
+            if isinstance(e, dict) and _object(e.get("search")).get("mode", "match") == "match"]
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _object(value: Any) -> dict:
+    """`value` if it is a JSON object, else an empty one: a field of the wrong shape reads as absent."""
+    return value if isinstance(value, dict) else {}
 
 
 class FhirReader:
@@ -568,7 +583,8 @@ def cds_hooks_router(settings: CdsHooksSettings, verifier: CdsJwtVerifier | None
         headers = request.headers.getlist("authorization")
         if not headers and not settings.require_jwt:
             return None
-        base = settings.public_base_url or f"{request.url.scheme}://{request.url.netloc}"
+        # the audience comes from configuration only: a Host header is the caller's to choose
+        base = settings.public_base_url or _origin(request.app.state.api_settings.base_url)
         called = base + request.url.path
         audiences = [called, called.rstrip("/")]
         if feedback_of:  # CDS Clients differ on the feedback aud: the feedback URL or the service URL

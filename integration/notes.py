@@ -12,6 +12,7 @@ those quote their input, and Python would chain them onto ours as `__context__`.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -204,7 +205,7 @@ def _text_of_attachments(
 ) -> tuple[str, str]:
     """(text, mime type) of the most preferred attachment that yields text. A failing rendition
     falls back to the next one; if none works, the best one's error is raised."""
-    with_content = [a for a in attachments if a.data is not None or a.url]
+    with_content = [a for a in attachments if a is not None and (a.data is not None or a.url)]
     if not with_content:
         raise NoteError("no-content", f"{what} has no attachment with data or a url")
     candidates = sorted(
@@ -290,8 +291,10 @@ def _mime(content_type: str | None) -> tuple[str, str | None]:
 def _decode(data: bytes, charset: str | None) -> str:
     encoding = charset or "utf-8"
     try:
+        if not codecs.lookup(encoding)._is_text_encoding:  # e.g. "punycode", "rot13": not a charset
+            raise LookupError(encoding)
         text = data.decode(encoding)
-    except (LookupError, UnicodeDecodeError):  # unknown charset, or bytes not in it
+    except (LookupError, UnicodeError):  # unknown charset, or bytes not in it
         text = None
     if text is None:
         raise NoteError("undecodable-text", f"attachment text is not decodable as {encoding}")
@@ -342,11 +345,12 @@ def aware_datetime(value: datetime | date | str | None) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     match = re.fullmatch(r"(\d{4})(?:-(\d{2}))?", value)
-    if match:
-        return datetime(int(match[1]), int(match[2] or 1), 1, tzinfo=UTC)
-    try:  # a full FHIR dateTime/instant string, e.g. a Bulk Data manifest's transactionTime
+    try:
+        if match:
+            return datetime(int(match[1]), int(match[2] or 1), 1, tzinfo=UTC)
+        # a full FHIR dateTime/instant string, e.g. a Bulk Data manifest's transactionTime
         return aware_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
-    except ValueError:
+    except ValueError:  # "2024-13", "2024-02-30": no such time
         return None
 
 

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from integration.client_config import SubscriptionSettings
 from integration.fhir_client import FhirClient, FhirError, FhirNotFound
+from integration.notes import reference_id
 from integration.work_queue import Job, WorkQueue
 from integration.writeback import write_risk_assessments
 from serving.api import ApiError, ScoringService, read_json_body
@@ -308,6 +309,10 @@ class SubscriptionWorker:
                                             {"skipped": err.code, "version": version})
                     return "skipped"
                 raise
+            patient = reference_id((resource.get("subject") or {}).get("reference"), "Patient")
+            if any(reference_id((r.get("subject") or {}).get("reference"), "Patient") != patient for r in risks):
+                # defence in depth: never write one patient's risk onto another patient's chart
+                raise ApiError(409, "conflict", "the scored RiskAssessments name another subject than the note")
             del resource  # the note text goes no further than the scorer
             written = {"created": [], "existing": []}
             if self.settings.writeback:

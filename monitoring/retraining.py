@@ -4,7 +4,7 @@ One pass (`RetrainingLoop.run_once`), each step recorded in the history tables (
 promotion or refusal in the registry's audit log with the gate's table):
 
 1. trigger: the newest drift check detected drift, the newest performance window is below
-   the AUROC or above the ECE limit, or an Alertmanager alert matching `trigger_alerts` fired
+   the AUROC or above the ECE limit, or an Alertmanager alert labelled `trigger_labels` (action: retrain) fired
    (monitoring.alerts' AlertLog, when that module is installed) since the last trigger;
 2. cooldown: nothing is trained within `cooldown_hours` of the last training;
 3. pull the fresh labeled window. Labels need note text, which the service never stores, so
@@ -22,7 +22,6 @@ promotion or refusal in the registry's audit log with the gate's table):
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -174,11 +173,11 @@ class RetrainingLoop:
         except Exception as exc:  # alerting down must not stop drift-triggered retraining
             log.warning("alert log not readable: %s", type(exc).__name__)
             return []
-        patterns = [re.compile(p) for p in self.settings.trigger_alerts]
+        wanted = self.settings.trigger_labels.items()
         return [Trigger("alert", f"alert {a.name} ({a.severity or 'no severity'}"
                                  f"{', task ' + a.task if getattr(a, 'task', None) else ''}) firing since "
                                  f"{a.starts_at.isoformat() if a.starts_at else '?'}", a.received_at)
-                for a in firing if any(p.search(a.name) for p in patterns)]
+                for a in firing if wanted and all(a.labels.get(k) == v for k, v in wanted)]
 
     # -- one pass
     def run_once(self, now: datetime | None = None, manual: str | None = None) -> CycleResult:

@@ -59,7 +59,8 @@ class DriftLoopSettings(BaseModel):
     heads_layers: list[int] = Field([1, 2, 4], description="heads: candidate layers, chosen on validation.")
     max_train_notes: int = Field(3000, ge=10, description="Cap on training notes of a candidate.")
     gate_resamples: int = Field(1000, ge=10, description="Paired bootstrap resamples of the promotion gate.")
-    trigger_alerts: list[str] = Field(["(?i)drift", "(?i)auroc", "(?i)calibration"],
-                                      description="Regexes: a firing Alertmanager alert whose name matches one triggers retraining.")
+    trigger_labels: dict[str, str] = Field({"action": "retrain"},
+                                           description="A firing Alertmanager alert carrying all these labels triggers "
+                                                       "retraining (monitoring/rules: `action: retrain`); no other does.")
     loop_interval_s: float = Field(3600.0, gt=0, description="`monitor loop`: seconds between passes.")
     actor: str = Field("retraining-loop", description="Actor name in the registry's audit log.")

@@ -11,6 +11,7 @@ OperationOutcome with a 4xx, and no error, log line or audit record carries note
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -27,6 +28,7 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from integration.notes import ClinicalNote, NoteError, note_from_resource
 from lang1ops.tasks import NoteType, TaskContract
@@ -74,8 +76,67 @@ class ApiError(Exception):
     """An error the caller sees as an OperationOutcome; `diagnostics` never holds note text."""
 
     def __init__(self, status: int, code: str, diagnostics: str):
+        diagnostics = printable(diagnostics)
         super().__init__(diagnostics)
         self.status, self.code, self.diagnostics = status, code, diagnostics
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8 (a lone surrogate from a JSON escape becomes \\udxxx): an error
+    message that quotes a field name must still be sendable and storable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while the body is being received, so no more than the limit is ever held."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body over {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `max_bytes` before reading it (declared
+    Content-Length) or while it streams (chunked, or a lying Content-Length), on every route."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse(operation_outcome("too-long", f"request body over {self.max_bytes} bytes"),
+                                    status_code=413, media_type=FHIR_JSON)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+MAX_JSON_DEPTH = 64  # FHIR resources nest a dozen levels; deeper is an attack on the parsers
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 EXAMPLE_DOCUMENT = {
@@ -94,15 +155,23 @@ AdminPrincipal = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 
 
 def idempotency_key(note: ClinicalNote, tasks: list[str] | None) -> str:
-    """Same DocumentReference id and version (or, without a version, the same content) and
-    the same tasks asked: the same stored answer."""
-    if note.resource_id and note.version_id:
-        key = f"{note.resource_type}/{note.resource_id}/_history/{note.version_id}"
-    elif note.resource_id:
-        key = f"{note.resource_type}/{note.resource_id}#sha256:{note.text_sha256}"
-    else:
-        key = f"sha256:{note.text_sha256}"
-    return key + (f"?tasks={','.join(sorted(tasks))}" if tasks else "")
+    """The key under which an answer is stored and replayed.
+
+    A replay may only ever return the answer for the same patient, encounter, note identity
+    (resource type, id, version), text and tasks: all of them go into one digest, so two
+    patients' notes with the same text, or one id re-sent about another patient, never share a
+    key. The readable prefix (the note's reference, when it has an id) is for people reading
+    the store; the key's length is bounded whatever the request holds."""
+    identity = json.dumps([note.resource_type, note.resource_id, note.version_id, note.patient_id,
+                           note.encounter_id, note.text_sha256, sorted(set(tasks)) if tasks else None],
+                          separators=(",", ":"))
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
+    if not note.resource_id:
+        return f"sha256:{digest}"
+    reference = f"{note.resource_type}/{note.resource_id}"
+    if note.version_id:
+        reference += f"/_history/{note.version_id}"
+    return f"{reference}#{digest}"
 
 
 class ScoringService:
@@ -120,6 +189,11 @@ class ScoringService:
             note = note_from_resource(resource, max_bytes=self.settings.max_note_bytes)
         except NoteError as err:
             raise ApiError(err.http_status, err.issue_code, err.message) from None
+        except (TypeError, AttributeError, ValueError, LookupError, RecursionError) as exc:
+            # a shape the reader did not foresee is still the request's fault, not the service's
+            log.warning("note could not be read: %s", type(exc).__name__)
+            raise ApiError(400, "invalid", f"the {printable(str(resource.get('resourceType'))[:64])} could not "
+                                           f"be read ({type(exc).__name__})") from None
         if not note.patient_id:
             raise ApiError(422, "required", f"{note.resource_type}.subject is required to assess a patient's risk")
         for what, value in (("id", note.resource_id), ("subject", note.patient_id), ("encounter", note.encounter_id),
@@ -127,9 +201,19 @@ class ScoringService:
             if value is not None and not FHIR_ID.fullmatch(value):
                 raise ApiError(400, "value", f"{note.resource_type}.{what} is not a valid FHIR id "
                                              "([A-Za-z0-9-.], at most 64 characters)")
+        if note.date is not None and not (self.settings.earliest_note_date <= note.date <= datetime.now(UTC)
+                                          + timedelta(days=self.settings.max_note_days_ahead)):
+            raise ApiError(422, "value", f"{note.resource_type} date is implausible (before "
+                                         f"{self.settings.earliest_note_date.date()} or in the future)")
         info = await self.backend.model_info()
+        tasks = list(dict.fromkeys(tasks)) if tasks else None  # a task asked twice is answered once
         chosen = self.choose_tasks(note, tasks, info.contract)
         key = idempotency_key(note, tasks)
+        conflict = await run_in_threadpool(self.store.conflicting_score, note.resource_type, note.resource_id,
+                                           note.version_id, note.patient_id, note.encounter_id, note.text_sha256)
+        if conflict is not None:
+            raise ApiError(409, "conflict", f"{note.resource_type}/{note.resource_id} was already scored with a "
+                                            f"different {conflict}; a changed note needs a new meta.versionId")
         stored = await run_in_threadpool(self.store.find_score, key)
         if stored is not None:
             return stored.response, stored.model_version, True
@@ -212,21 +296,36 @@ async def read_json_body(request: Request, settings: ApiSettings) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, "structure", "request body is not valid UTF-8") from None
     try:
-        return json.loads(text)
+        body = json.loads(text)
     except json.JSONDecodeError as err:
         raise ApiError(400, "structure", f"malformed JSON at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise ApiError(400, "structure", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # e.g. an integer over Python's digit limit
+        raise ApiError(400, "structure", "JSON holds a value that cannot be read (a number too long?)") from None
+    if json_depth_exceeds(body):
+        raise ApiError(400, "structure", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
 
 
 def resource_of_parameters(body: dict) -> tuple[Any, list[str]]:
     """A DocumentReference (or other note resource) and requested tasks from a Parameters."""
     resource, tasks = None, []
-    for parameter in body.get("parameter") or []:
+    parameters = body.get("parameter") or []
+    if not isinstance(parameters, list):
+        raise ApiError(400, "structure", "Parameters.parameter must be a list")
+    for index, parameter in enumerate(parameters):
         if not isinstance(parameter, dict):
-            continue
+            raise ApiError(400, "structure", f"Parameters.parameter[{index}] must be an object")
         if parameter.get("name") in ("resource", "document", "documentReference") and "resource" in parameter:
             resource = parameter["resource"]
+            if not isinstance(resource, dict):
+                raise ApiError(400, "structure", f"Parameters.parameter[{index}].resource must be a resource")
         elif parameter.get("name") == "task":
-            tasks.append(parameter.get("valueCode") or parameter.get("valueString") or "")
+            code = parameter.get("valueCode", parameter.get("valueString"))
+            if not isinstance(code, str):
+                raise ApiError(400, "value", f"Parameters.parameter[{index}] (task) needs a valueCode string")
+            tasks.append(code)
     if resource is None:
         raise ApiError(422, "required", "Parameters must carry the note as a parameter named 'resource'")
     return resource, [t for t in tasks if t]
@@ -270,6 +369,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
     app = FastAPI(title="lang1-ops", version=software_version,
                   description="Operational risk from clinical notes (readmission, mortality, length of stay, Charlson "
                               "index, claim denial) over FHIR R4, with finetuned Lang1-style language models.")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.authenticator = authenticator
     service = ScoringService(backend, store, settings, shadow)
     app.state.service = service
@@ -303,17 +403,19 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         await audit(request, None, "error", exc.status, exc.code, exc.diagnostics)
         return fhir(operation_outcome(exc.code, exc.diagnostics), exc.status)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        code = "security" if exc.status_code in (401, 403) else "not-found" if exc.status_code == 404 else "processing"
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404/405
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {401: "security", 403: "security", 404: "not-found", 405: "not-supported",
+                413: "too-long"}.get(exc.status_code, "processing" if exc.status_code >= 500 else "invalid")
         prom.observe_error(prom.route_template(request.scope), code)
         if exc.status_code in (401, 403):
             await audit(request, None, "denied", exc.status_code, code, str(exc.detail))
-        return fhir(operation_outcome(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+        return fhir(operation_outcome(code, printable(str(exc.detail))), exc.status_code,
+                    headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        where = "; ".join(".".join(str(p) for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:8])
+        where = printable("; ".join(".".join(str(p)[:64] for p in e["loc"]) + f" ({e['type']})" for e in exc.errors()[:8]))
         prom.observe_error(prom.route_template(request.scope), "invalid")
         return fhir(operation_outcome("invalid", f"invalid request: {where}"), 400)
 
@@ -334,7 +436,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
                 role=",".join(sorted(principal.roles)) if principal else None, action=action or request.url.path,
                 endpoint=f"{request.method} {request.url.path}", resource_type=None, resource_ids=resource_ids or [],
                 outcome=outcome if outcome == "ok" else (code or outcome), http_status=status,
-                latency_ms=(time.perf_counter() - request.state.started) * 1000, detail=detail[:300])
+                latency_ms=(time.perf_counter() - request.state.started) * 1000, detail=printable(detail[:300]))
         except Exception as exc:  # an audit failure must not turn an answer into an error
             log.error("audit write failed: %s", type(exc).__name__)
 
@@ -367,6 +469,8 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or body.get("type") != "batch":
             raise ApiError(400, "invalid", "POST /fhir takes a Bundle of type batch")
         entries = body.get("entry") or []
+        if not isinstance(entries, list):
+            raise ApiError(400, "structure", "Bundle.entry must be a list")
         if len(entries) > settings.max_batch_entries:
             raise ApiError(413, "too-long", f"at most {settings.max_batch_entries} entries per batch")
         out, versions, ids = [], set(), []

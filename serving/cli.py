@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -104,12 +105,20 @@ def wait_until_ready(base_url: str, timeout_s: float, alive=lambda: True, poll_s
 
 
 def stop_detached() -> None:
+    """Stop the detached service and every process it started (Ray's GCS, raylet, agents and
+    workers, some in process groups of their own): nothing of it may keep a port open."""
+    import psutil
+
     path = pid_file()
     if not path.exists():
         stdout.print("no detached service")
         return
     pid = int(path.read_text())
     if _alive(pid):
+        try:
+            family = psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
         os.killpg(pid, signal.SIGTERM)
         for _ in range(60):
             if not _alive(pid):
@@ -117,6 +126,11 @@ def stop_detached() -> None:
             time.sleep(0.5)
         else:
             os.killpg(pid, signal.SIGKILL)
+        _, left = psutil.wait_procs(family, timeout=15)
+        for process in left:  # e.g. Ray workers in their own process groups
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(left, timeout=10)
     path.unlink(missing_ok=True)
     stdout.print(f"stopped (pid {pid})")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pydantic import BaseModel, Field
 
 from serving.auth import AuthSettings
@@ -37,6 +39,9 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(5_000_000, description="Larger request bodies are refused with 413.")
     max_note_bytes: int = Field(2_000_000, description="Larger notes are refused with 413.")
     max_batch_entries: int = 100
+    earliest_note_date: datetime = Field(datetime(1900, 1, 1, tzinfo=UTC),
+                                         description="Notes dated earlier are refused (422): a typo, not history.")
+    max_note_days_ahead: int = Field(2, description="Notes dated more than this many days ahead are refused (422).")
     risk_bands: dict[str, RiskBands] = Field(default_factory=lambda: dict(DEFAULT_BANDS),
                                             description="Per-task qualitativeRisk cut points.")
 

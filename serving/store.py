@@ -542,6 +542,19 @@ def _sqlite_engine(u: URL) -> Engine:
 # --------------------------------------------------------------------------------------------- store
 
 
+def _timestamps(values: Any) -> Any:
+    """UTC pandas timestamps; a stored time outside pandas' range (a note dated 9999-12-31,
+    accepted before dates were checked at the door) reads as NaT instead of failing every
+    reader of the window (monitoring, the MLOps page)."""
+    import pandas as pd
+
+    out = pd.to_datetime(values, utc=True, errors="coerce")
+    lost = int(out.isna().sum() - pd.isna(values).sum())
+    if lost:
+        log.warning("%d stored time(s) outside the representable range read as NaT", lost)
+    return out
+
+
 def _window(column: Any, start: datetime, end: datetime) -> list[Any]:
     return [column >= _aware_utc(start, "start"), column < _aware_utc(end, "end")]
 
@@ -614,6 +627,32 @@ class Store:
                 .options(selectinload(ScoredNote.predictions))
             ).first()
             return None if note is None else _stored(note)
+
+    def conflicting_score(self, resource_type: str, resource_id: str | None, version_id: str | None,
+                          patient_id: str | None, encounter_id: str | None, text_sha256: str) -> str | None:
+        """What differs ("subject", "encounter" or "text") when this note identity was already
+        scored with other content, else None.
+
+        A resource id names one document: the same id about another patient is refused (a
+        correction comes as a new version). One id *and* version names one content: a
+        different encounter or text under it is refused too. An id without a version may
+        change its text (an amended note) and is scored afresh."""
+        if not resource_id:
+            return None
+        conditions = [ScoredNote.resource_type == resource_type, ScoredNote.resource_id == resource_id,
+                      ScoredNote.shadow.is_(False)]
+        differs = [(ScoredNote.patient_id.is_distinct_from(patient_id), "subject")]
+        if version_id:
+            conditions.append(ScoredNote.version_id == version_id)
+            differs += [(ScoredNote.encounter_id.is_distinct_from(encounter_id), "encounter"),
+                        (ScoredNote.text_sha256 != text_sha256, "text")]
+        else:
+            conditions.append(ScoredNote.version_id.is_(None))
+        with self._reading() as session:
+            for condition, what in differs:
+                if session.scalars(select(ScoredNote.id).where(*conditions, condition).limit(1)).first() is not None:
+                    return what
+        return None
 
     def _existing(self, session: Session, key: str, model_version: str, shadow: bool) -> ScoredNote | None:
         return session.scalars(
@@ -696,7 +735,7 @@ class Store:
         names = [f.key for f in fields]
         frame = pd.DataFrame.from_records([tuple(r) for r in notes], columns=names)
         for name in ("note_date", "scored_at"):
-            frame[name] = pd.to_datetime(frame[name], utc=True)
+            frame[name] = _timestamps(frame[name])
         if not predictions:
             return frame
         p = pd.DataFrame.from_records(
@@ -829,5 +868,5 @@ class Store:
         frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
         frame["label"] = frame["label"].astype("int64")
         for name in ("observed_at", "recorded_at"):
-            frame[name] = pd.to_datetime(frame[name], utc=True)
+            frame[name] = _timestamps(frame[name])
         return frame

@@ -28,3 +28,13 @@ def require_binary(name: str, hint: str = "") -> str:
     if path is None:
         missing(f"system binary {name!r} not found{': ' + hint if hint else ''}")
     return path  # type: ignore[return-value]
+
+
+def stored_score_of(store, reference: str, shadow: bool = False):
+    """The newest stored score of a note reference ("DocumentReference/<id>/_history/<v>"):
+    replay keys also carry the patient, encounter, text and tasks, so tests find them by prefix."""
+    from datetime import UTC, datetime
+
+    rows = store.scores_between(datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC), include_shadow=True)
+    keys = rows[rows["idempotency_key"].str.startswith(reference + "#") & (rows["shadow"] == shadow)]["idempotency_key"]
+    return store.find_score(keys.iloc[-1], shadow) if len(keys) else None

@@ -62,6 +62,9 @@ def _tables(request: Request) -> tuple[Census, OutreachLog]:
     return state.views_tables
 
 
+EARLIEST_AS_OF, LATEST_AS_OF = datetime(1900, 1, 2), datetime(2199, 12, 31)
+
+
 def views_router(settings: ViewsSettings | None = None, registry_dir: Path | None = None,
                  model_name: str = "lang1-ops") -> APIRouter:
     """The views' router; `registry_dir` and `model_name` say whose promotions the MLOps page lists."""
@@ -80,6 +83,8 @@ def views_router(settings: ViewsSettings | None = None, registry_dir: Path | Non
         if as_of is None:
             # a replayed instant (demos over a past export, back-testing) or the real now
             return settings.as_of.astimezone(UTC) if settings.as_of else datetime.now(UTC)
+        if not EARLIEST_AS_OF <= as_of.replace(tzinfo=None) <= LATEST_AS_OF:  # nor can it overflow below
+            raise ApiError(400, "value", f"as_of must lie between {EARLIEST_AS_OF.year} and {LATEST_AS_OF.year}")
         return (as_of.replace(tzinfo=zone) if as_of.tzinfo is None else as_of).astimezone(UTC)
 
     async def contract_and_bands(request: Request):

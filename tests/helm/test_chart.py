@@ -131,6 +131,7 @@ def test_crd_subsets_catch_mistakes():
     ({"registry": {"mode": "s3"}}, "mode"),
     ({"workerGroup": []}, "workerGroup"),
     ({"secrets": {"store": {"name": ""}}}, "name"),
+    ({"secrets": {"rayAuth": {"name": ""}}}, "name"),
 ])
 def test_bad_values_are_refused_by_the_schema_with_a_clear_message(override, message):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as refused:
@@ -227,10 +228,14 @@ def test_secrets_come_from_secret_references_only(rendered):
     containers = [c for t in pod_templates(one(docs, "RayService")) for c in t["spec"]["containers"]]
     containers += one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     containers += [c for t in pod_templates(retrain_rayjob(docs)) for c in t["spec"]["containers"]]
+    ray_secret = helm.Chart.load(CHART).merge_values(values)["secrets"]["rayAuth"]
     for container in containers:
         env = {e["name"]: e for e in container["env"]}
         assert env["LANG1OPS_SERVING__STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": store_secret, "key": "url"}
         assert "value" not in env["LANG1OPS_SERVING__STORE_URL"]
+        # every Ray pod and job authenticates to the cluster with the token from its Secret
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"]["value"] == "0"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": ray_secret["name"], "key": ray_secret["key"]}
     text = yaml.safe_dump_all(docs)
     assert "postgresql" not in text and "key_sha256" not in text
 

@@ -32,7 +32,7 @@ from serving.backends import LocalBackend, ResolvedModel
 from serving.config import ApiSettings
 from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401
-from tests.support import require_binary
+from tests.support import require_binary, stored_score_of
 from training.artifacts import zero_shot_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,7 +266,7 @@ def test_patient_view_from_prefetch_gives_one_card_with_all_five_risks(cds):
     assert len(card["summary"]) < 140 and card["summary"].startswith("Lang1 risk: ")
     assert card["indicator"] in ("info", "warning", "critical")
     uuid.UUID(card["uuid"])
-    stored = cds.store.find_score("DocumentReference/hp1/_history/1")
+    stored = stored_score_of(cds.store, "DocumentReference/hp1/_history/1")
     assert card["source"]["url"] == f"https://models.example/{stored.model_name}/v0001/card"
     detail = card["detail"]
     for title in ("30-day all-cause readmission", "In-hospital mortality", "Length of stay",
@@ -313,6 +313,23 @@ def test_a_note_scored_through_the_fhir_api_is_not_scored_again_for_a_card(cds):
     card = card_of(call(cds, "lang1-patient-risk", hook_request(patient="p3", encounter="e3",
                                                                prefetch={"notes": searchset(document)})))
     assert cds.backend.calls == calls and "stored score" in card["detail"]
+
+
+def test_another_patients_note_with_the_same_text_is_scored_for_this_patient(cds):
+    template = f"CC: fall. HPI: {SECRET} templated admission note, identical for both patients."
+    card_of(call(cds, "lang1-patient-risk", hook_request(
+        patient="pa", encounter="ea", prefetch={"notes": searchset(note("hp-pa", "34117-2", "pa", "ea", text=template))})))
+    calls = cds.backend.calls
+    card = card_of(call(cds, "lang1-patient-risk", hook_request(
+        patient="pb", encounter="eb", prefetch={"notes": searchset(note("hp-pb", "34117-2", "pb", "eb", text=template))})))
+    assert cds.backend.calls == calls + 1 and "scored now" in card["detail"]
+    assert stored_score_of(cds.store, "DocumentReference/hp-pb/_history/1").patient_id == "pb"
+    # the same document id about another patient is refused, never answered from the first patient's score
+    calls = cds.backend.calls
+    card = card_of(call(cds, "lang1-patient-risk", hook_request(
+        patient="pc", encounter="ec", prefetch={"notes": searchset(note("hp-pa", "34117-2", "pc", "ec", text=template))})))
+    assert cds.backend.calls == calls and "could not be read: conflict" in card["detail"]
+    assert "stored score" not in card["detail"]
 
 
 def test_no_notes_gives_an_explicit_info_card_not_an_empty_list(cds):
@@ -406,6 +423,35 @@ def test_unknown_service_malformed_json_other_patients_note_and_missing_token(cd
     wrong_aud = make_jwt(cds.key, f"{PUBLIC}/cds-services/lang1-discharge-risk")
     r = call(cds, "lang1-patient-risk", hook_request(prefetch={"notes": searchset()}), token=wrong_aud)
     assert r.status_code == 401 and "audience" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_the_audience_comes_from_settings_never_from_the_host_header(cds):
+    # the "/cds" router has no public_base_url: its audience is serving.api.base_url's origin
+    spoofed = make_jwt(cds.key, "http://attacker.example/cds/cds-services/lang1-patient-risk")
+    body = json.dumps(hook_request(prefetch={"notes": searchset()}))
+    r = cds.post("/cds/cds-services/lang1-patient-risk", content=body, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {spoofed}", "Host": "attacker.example"})
+    assert r.status_code == 401 and "audience" in r.json()["issue"][0]["diagnostics"]
+    configured = make_jwt(cds.key, "http://127.0.0.1:8000/cds/cds-services/lang1-patient-risk")
+    r = cds.post("/cds/cds-services/lang1-patient-risk", content=body, headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {configured}", "Host": "attacker.example"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("prefetch", [
+    {"resourceType": "Bundle", "type": "searchset", "entry": 7},
+    searchset(note("sub", "34117-2") | {"subject": "Patient/p1"}),
+    searchset(note("ctx", "34117-2") | {"context": "Encounter/e1", "type": "H&P"}),
+    searchset(note("att", "34117-2") | {"content": [{"attachment": None}]}),
+    searchset(note("dat", "34117-2", date="2024-13-45")),
+    {"resourceType": "Bundle", "entry": [{"resource": note("srch", "34117-2"), "search": "match"}]},
+], ids=["entry-number", "subject-string", "context-string", "attachment-null", "bad-date", "search-string"])
+def test_malformed_prefetch_is_a_4xx_or_a_card_never_a_5xx(cds, prefetch):
+    r = call(cds, "lang1-patient-risk", hook_request(prefetch={"notes": prefetch}))
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert r.json()["resourceType"] == "OperationOutcome"
+    assert SECRET not in r.text
 
 
 def test_scorer_failure_is_an_http_error_not_an_empty_card_list(cds):

@@ -77,10 +77,10 @@ def drain(worker: SubscriptionWorker) -> int:
     return asyncio.run(worker.drain())
 
 
-def document(text: str = f"CC: chest pain. HPI: 70 yo M {SECRET} with CHF.") -> dict:
+def document(text: str = f"CC: chest pain. HPI: 70 yo M {SECRET} with CHF.", patient: str = "p1") -> dict:
     return {"resourceType": "DocumentReference", "status": "current",
             "type": {"coding": [{"system": "http://loinc.org", "code": "34117-2"}]},
-            "subject": {"reference": "Patient/p1"}, "context": {"encounter": [{"reference": "Encounter/e1"}]},
+            "subject": {"reference": f"Patient/{patient}"}, "context": {"encounter": [{"reference": "Encounter/e1"}]},
             "date": "2024-03-01T10:00:00Z",
             "content": [{"attachment": {"contentType": "text/plain",
                                         "data": base64.b64encode(text.encode()).decode()}}]}
@@ -206,6 +206,22 @@ def test_a_notified_document_ends_as_risk_assessments_exactly_once(api, backend,
     assert [j.status for j in jobs] == ["done", "done"]
     assert len(jobs[0].result["created"]) == H_AND_P_TASKS and len(jobs[1].result["existing"]) == H_AND_P_TASKS
     no_phi_in(store_url)
+
+
+def test_two_patients_notes_with_the_same_text_are_written_to_their_own_charts(api, backend, store_url,
+                                                                             fhir_server):  # noqa: F811
+    template = f"CC: fall. HPI: {SECRET} the same templated text for both patients."
+    with FhirClient(fhir_server.base_url) as client:
+        docs = [client.create(document(template, patient=patient)) for patient in ("pa", "pb")]
+    for doc in docs:
+        assert post(api, notification(focus=f"DocumentReference/{doc['id']}")).status_code == 200
+    assert drain(new_worker(backend, store_url, fhir_server.base_url)) == 2
+    for doc, patient in zip(docs, ("pa", "pb"), strict=True):
+        written = risks_on(fhir_server, doc["id"])
+        assert len(written) == H_AND_P_TASKS
+        assert {r["subject"]["reference"] for r in written} == {f"Patient/{patient}"}
+    assert set(Store(store_url).scores_between(datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+               ["patient_id"]) == {"pa", "pb"}
 
 
 def test_full_resource_payload_is_reread_by_version_and_never_stored(api, backend, store_url, fhir_server):  # noqa: F811

@@ -86,38 +86,27 @@ def test_triggers_cooldown_and_minimum_labels(loop_parts, small_dataset, small_h
     assert registry.get(NAME, "champion").version == champion.version
 
 
-def test_firing_alerts_from_the_alert_log_trigger_retraining(monkeypatch, tmp_path):
-    """monitoring.alerts is another area's module: a stand-in with its AlertLog interface."""
-    import sys
-    import types
-    from dataclasses import dataclass
+def test_only_alerts_labelled_action_retrain_in_the_real_rules_trigger_retraining(tmp_path):
+    """Every alert of monitoring/rules fires once, as Alertmanager would deliver it (the rule's
+    own labels); exactly the `action: retrain` ones may start a training run."""
+    import hashlib
+    from pathlib import Path
 
-    @dataclass
-    class AlertEvent:
-        name: str
-        status: str
-        severity: str | None
-        task: str | None
-        starts_at: datetime | None
-        received_at: datetime
-        fingerprint: str
-        labels: dict
+    import yaml
 
+    from monitoring.alerts import AlertLog
+
+    rules = yaml.safe_load((Path(__file__).resolve().parents[2] / "monitoring/rules/lang1-ops.rules.yml").read_text())
+    alerts = [r for group in rules["groups"] for r in group["rules"] if "alert" in r]
     now = datetime.now(UTC)
-    firing = [AlertEvent("Lang1opsAurocLow", "firing", "warning", "mortality", now, now, "f1", {}),
-              AlertEvent("Lang1opsScorerErrors", "firing", "critical", None, now, now, "f2", {})]
-
-    class AlertLog:
-        def __init__(self, store):
-            self.store = store
-
-        def firing(self, since):
-            return [a for a in firing if a.received_at >= since]
-
-    monkeypatch.setitem(sys.modules, "monitoring.alerts", types.SimpleNamespace(AlertLog=AlertLog))
     store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    AlertLog(store).record({"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": rule["alert"], "task": "mortality", **rule.get("labels", {})},
+         "startsAt": now.isoformat(), "fingerprint": hashlib.sha256(rule["alert"].encode()).hexdigest()[:16]}
+        for rule in alerts]}, now=now)
     loop = RetrainingLoop(DriftLoopSettings(runs_dir=tmp_path), store, Registry(tmp_path / "registry"), NAME,
                           DatasetSource(tmp_path, "test"), trainer=None)
-    triggers = loop.triggers(now)
-    assert [t.kind for t in triggers] == ["alert"]  # scorer errors do not call for a new model
-    assert "Lang1opsAurocLow" in triggers[0].reason and "task mortality" in triggers[0].reason
+    triggered = {t.reason.split()[1] for t in loop.triggers(now) if t.kind == "alert"}
+    expected = {r["alert"] for r in alerts if r.get("labels", {}).get("action") == "retrain"}
+    assert expected and triggered == expected
+    assert "Lang1OpsDriftCheckStale" not in triggered  # a stale check is an operations problem, not a drifted model

@@ -21,6 +21,7 @@ from serving.auth import ApiKey, AuthSettings, Role, hash_api_key
 from serving.cli import wait_until_ready
 from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
+from tests.support import stored_score_of
 from training.artifacts import zero_shot_artifact
 from training.registry import Registry
 
@@ -100,7 +101,7 @@ def test_scores_are_persisted_before_the_answer(service):
                    timeout=60)
     assert r.status_code == 200
     store = Store(service["settings"].serving.store_url)
-    stored = store.find_score("DocumentReference/p1/_history/1")
+    stored = stored_score_of(store, "DocumentReference/p1/_history/1")
     assert stored is not None and stored.model_version == "v0001" and set(stored.probabilities) == {"mortality", "los",
                                                                                                     "cci", "denial"}
 
@@ -149,5 +150,5 @@ def test_postgres_store_through_the_same_url_setting(service, postgres_url):  # 
     r = httpx.post(f"{service['base']}/fhir/DocumentReference/$score", content=json.dumps(doc("pg1")), headers=HEADERS,
                    timeout=60)
     assert r.status_code == 200, r.text
-    stored = Store(postgres_url).find_score("DocumentReference/pg1/_history/1")
+    stored = stored_score_of(Store(postgres_url), "DocumentReference/pg1/_history/1")
     assert stored is not None and stored.response == [e["resource"] for e in r.json()["entry"]]

@@ -343,3 +343,13 @@ def test_in_memory_sqlite() -> None:
 def test_unsupported_backend() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         Store("mysql://u@h/db")
+
+
+def test_a_stored_note_dated_9999_does_not_break_the_window_readers(store: Store) -> None:
+    # accepted before dates were checked at the door: readers must keep working around it
+    store.save_score(make_score(1, note_date=datetime(9999, 12, 31, tzinfo=UTC)))
+    store.save_score(make_score(2))
+    frame = store.scores_between(T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert len(frame) == 2 and frame["note_date"].isna().sum() == 1
+    by_note_date = store.scores_between(T0 - timedelta(days=30), T0 + timedelta(days=1), by="note_date")
+    assert list(by_note_date["patient_id"]) == ["pat-2"]

@@ -68,6 +68,18 @@ app.kubernetes.io/part-of: lang1-ops
     secretKeyRef:
       name: {{ .Values.secrets.store.name }}
       key: {{ .Values.secrets.store.key }}
+# Ray's token authentication: every GCS, raylet, worker and dashboard port of the cluster
+# refuses a caller without the token (the NetworkPolicy narrows who can even connect).
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.rayAuth.name }}
+      key: {{ .Values.secrets.rayAuth.key }}
+# Serve's direct ingress opens an extra gRPC server per replica; requests go through the proxy.
+- name: RAY_SERVE_ENABLE_DIRECT_INGRESS
+  value: "0"
 {{- with .Values.secrets.auth.name }}
 - name: LANG1OPS_SERVING__AUTH
   valueFrom:

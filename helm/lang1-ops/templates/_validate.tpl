@@ -3,6 +3,9 @@
 {{- if not .Values.secrets.store.name }}
 {{- fail "secrets.store.name is required: the store's database URL must come from a Secret (key secrets.store.key), never from values" }}
 {{- end }}
+{{- if not .Values.secrets.rayAuth.name }}
+{{- fail "secrets.rayAuth.name is required: Ray's token (key secrets.rayAuth.key) authenticates every Ray port of the cluster; create it with e.g. kubectl create secret generic lang1ops-ray-auth --from-literal=token=$(openssl rand -hex 32)" }}
+{{- end }}
 {{- if and (eq .Values.registry.mode "volume") (empty .Values.registry.volume) }}
 {{- fail "registry.mode is volume but registry.volume is empty: give a volume source (e.g. a CSI object-store mount)" }}
 {{- end }}

@@ -54,6 +54,10 @@ def test_worklist_filters(client):
                           headers=bearer("reader")).json()["rows"]
     assert same_day and all(r["discharged_at"][:10] == day for r in same_day)
     assert client.get("/views/api/worklist", params={"tier": "extreme"}, headers=bearer("reader")).status_code == 400
+    for as_of in ("0001-01-01", "9999-12-31T23:59:59", "0001-01-01T00:00:00+14:00"):
+        for path in ("/views/api/worklist", "/views/api/beds"):
+            r = client.get(path, params={"as_of": as_of}, headers=bearer("reader"))
+            assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (path, as_of, r.text)
 
 
 def test_outreach_is_set_by_a_writer_audited_and_kept_as_history(client):
