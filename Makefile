@@ -9,7 +9,7 @@ DEMO   ?= var/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test fuzz demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest
+
+# The security suite's fuzzers at full size: every endpoint, at least 10,000 generated requests
+# (the count is printed); `make test` runs the same fuzzers on a small seeded sample.
+fuzz: install
+	FUZZ_EXAMPLES=400 $(BIN)/python -m pytest -q -s tests/security/test_fuzz.py
 
 demo: install
 	$(BIN)/lang1ops demo --workdir $(DEMO)

@@ -38,6 +38,10 @@ class CdsClient(BaseModel):
     )
     algorithms: list[str] = Field(default_factory=lambda: list(CDS_ALGORITHMS), min_length=1,
                                   description="Accepted `alg` values: RS384 and/or ES384.")
+    fhir_servers: list[str] = Field(
+        default_factory=list,
+        description="FHIR base URLs this EHR may name as `fhirServer` (the URL itself or a path below it). The "
+        "service sends the EHR's access token there, so any other URL is refused (403); empty: prefetch only.")
 
     @field_validator("algorithms")
     @classmethod
@@ -132,6 +136,8 @@ class CdsHooksSettings(BaseModel):
     clients: list[CdsClient] = Field(default_factory=list, description="Allow-listed EHRs (by `iss`).")
     require_jwt: bool = Field(True, description="Refuse calls without a valid EHR JWT. False only for a local "
                                                 "sandbox; never in production.")
+    sandbox_fhir_servers: list[str] = Field(default_factory=list,
+                                            description="fhirServer URLs allowed on calls without a JWT (sandbox).")
     leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/iat.")
     max_token_lifetime_s: int = Field(300, ge=1, le=3600,
                                       description="exp - iat above this is refused (CDS Hooks JWTs are short lived).")
@@ -164,6 +170,16 @@ class CdsHooksSettings(BaseModel):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    def fhir_server_allowed(self, fhir_server: str, issuer: str | None) -> bool:
+        """Whether `fhir_server` is one the caller (`issuer`; None: an unauthenticated sandbox call)
+        may name: equal to an allowed base URL or below it."""
+        if issuer is None:
+            allowed = self.sandbox_fhir_servers
+        else:
+            allowed = next((c.fhir_servers for c in self.clients if c.issuer == issuer), [])
+        url = fhir_server.rstrip("/")
+        return any(url == base.rstrip("/") or url.startswith(base.rstrip("/") + "/") for base in allowed)
 
     @model_validator(mode="after")
     def _unique_clients(self) -> CdsHooksSettings:

@@ -625,6 +625,10 @@ def cds_hooks_router(settings: CdsHooksSettings, verifier: CdsJwtVerifier | None
                 raise ApiError(400, "value", f"context.{name} is not a FHIR id")
         if body.fhirAuthorization is not None and not body.fhirServer:
             raise ApiError(400, "required", "fhirAuthorization was given without fhirServer")
+        if body.fhirServer and not settings.fhir_server_allowed(str(body.fhirServer), caller.issuer if caller else None):
+            # the EHR's access token would be sent there: only to servers configured for this EHR
+            raise ApiError(403, "security", "fhirServer is not a FHIR server this EHR is allowed to name "
+                                            "(cds_hooks.clients[].fhir_servers)")
         principal = caller.principal if caller else Principal("anonymous", frozenset({Role.SCORER}), "unauthenticated")
         scoring = request.app.state.service
         contract = (await scoring.backend.model_info()).contract

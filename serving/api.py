@@ -358,6 +358,44 @@ class PlainScoreResponse(BaseModel):
     replayed: bool
 
 
+# Pages are this app's own files only: no inline script, no other origin, never framed.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+DOCS_CSP = PAGE_CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")  # Swagger UI's init script
+CACHEABLE = ("/ui/static/", "/docs/static/")  # the pages' own CSS and JS: no patient data
+
+
+def security_headers(request: Request, response: Any) -> None:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if not request.url.path.startswith(CACHEABLE):  # answers name patients: never kept by a browser or proxy
+        headers["Cache-Control"] = "no-store"
+    if headers.get("content-type", "").startswith("text/html"):
+        headers.setdefault("Content-Security-Policy", PAGE_CSP)
+    if request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https":
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+
+
+def docs_router(openapi_url: str, title: str) -> APIRouter:
+    """Swagger UI whose files come from the swagger-ui-bundle wheel (mounted at /docs/static by
+    create_api): the API docs load nothing from a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    router = APIRouter()
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs():
+        page = get_swagger_ui_html(openapi_url=openapi_url, title=f"{title} API", swagger_js_url="/docs/static/"
+                                   "swagger-ui-bundle.js", swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon-32x32.png")
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    return router
+
+
 def create_api(backend: ScoringBackend, store: Store, authenticator, settings: ApiSettings | None = None,
                metrics_text=None, software_version: str = "0.1.0", shadow: ScoringBackend | None = None,
                routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -366,7 +404,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
     shared pieces through `request.app.state`: `service` (ScoringService), `store`,
     `authenticator`, `api_settings`."""
     settings = settings or ApiSettings()
-    app = FastAPI(title="lang1-ops", version=software_version,
+    app = FastAPI(title="lang1-ops", version=software_version, docs_url=None, redoc_url=None,
                   description="Operational risk from clinical notes (readmission, mortality, length of stay, Charlson "
                               "index, claim denial) over FHIR R4, with finetuned Lang1-style language models.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -395,6 +433,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         prom.observe_request(prom.route_template(request.scope), request.method, response.status_code,
                              time.perf_counter() - request.state.started)
         response.headers["X-Request-Id"] = request.state.request_id
+        security_headers(request, response)
         return response
 
     @app.exception_handler(ApiError)
@@ -406,10 +445,12 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
     @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404/405
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = {401: "security", 403: "security", 404: "not-found", 405: "not-supported",
-                413: "too-long"}.get(exc.status_code, "processing" if exc.status_code >= 500 else "invalid")
+                413: "too-long", 429: "throttled"}.get(exc.status_code, "processing" if exc.status_code >= 500 else "invalid")
         prom.observe_error(prom.route_template(request.scope), code)
         if exc.status_code in (401, 403):
-            await audit(request, None, "denied", exc.status_code, code, str(exc.detail))
+            client = request.client.host if request.client else "unknown"
+            await audit(request, getattr(request.state, "principal", None), "denied", exc.status_code, code,
+                        f"{exc.detail} (client {client})")
         return fhir(operation_outcome(code, printable(str(exc.detail))), exc.status_code,
                     headers=getattr(exc, "headers", None))
 
@@ -534,6 +575,11 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
         body = metrics_text() if metrics_text else await run_in_threadpool(prom.exposition)
         return PlainTextResponse(body, media_type=prom.CONTENT_TYPE)
 
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="swagger-ui-static")
+    app.include_router(docs_router(app.openapi_url, app.title))
     for router in routers:
         app.include_router(router)
     return app

@@ -23,9 +23,11 @@ return to the client, and ``AuthError.www_authenticate`` is an RFC 6750 challeng
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import threading
@@ -154,6 +156,13 @@ class AuthSettings(BaseModel):
         False,
         description="Requests without credentials act as an anonymous admin. Never in production; local demos only.",
     )
+    failed_auth_limit: int = Field(
+        20, ge=1, description="Failed authentications one client may make in `failed_auth_window_s` before its "
+        "requests are refused with 429 for the rest of the window (per process).")
+    failed_auth_window_s: float = Field(60.0, gt=0, description="The window of `failed_auth_limit`, in seconds.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Peer addresses (the ingress) whose X-Forwarded-For names the client "
+        "for the failed-authentication limit; any other peer is the client itself.")
 
     @model_validator(mode="after")
     def _unique(self) -> AuthSettings:
@@ -371,6 +380,45 @@ class IssuerKeys:
 # --- Authenticator --------------------------------------------------------------------------
 
 
+class FailedAuthLimiter:
+    """Counts failed authentications per client in a sliding window; a client over the limit is
+    refused (429) until its oldest failure leaves the window. Guessing keys or tokens then costs
+    an attacker a window per `limit` guesses. Thread-safe; per process."""
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 100_000):
+        self.limit, self.window_s, self.clock, self.max_clients = limit, window_s, clock, max_clients
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> collections.deque[float]:
+        failures = self._failures.get(client)
+        if failures is None:
+            return collections.deque()
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+        return failures
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until `client` may try again; 0 when it is not blocked."""
+        now = self.clock()
+        with self._lock:
+            failures = self._recent(client, now)
+            if len(failures) < self.limit:
+                return 0
+            return max(1, math.ceil(failures[0] + self.window_s - now))
+
+    def failed(self, client: str) -> None:
+        now = self.clock()
+        with self._lock:
+            if client not in self._failures and len(self._failures) >= self.max_clients:
+                self._failures.pop(next(iter(self._failures)))  # bounded memory: forget the oldest client
+            self._recent(client, now)
+            self._failures.setdefault(client, collections.deque()).append(now)
+
+
 class Authenticator:
     """Turns an ``Authorization`` header into a Principal, or raises AuthError."""
 
@@ -385,6 +433,7 @@ class Authenticator:
         self._keys_http = KeyFetchClient(http)
         self._clock = clock
         self._issuers = {config.issuer: IssuerKeys(config) for config in settings.issuers}
+        self.failures = FailedAuthLimiter(settings.failed_auth_limit, settings.failed_auth_window_s, clock)
         if settings.allow_unauthenticated:
             logger.warning("authentication is OFF for requests without credentials (allow_unauthenticated)")
 
@@ -495,6 +544,19 @@ _bearer_scheme = HTTPBearer(
 )
 
 
+def client_address(request: Request, trusted_proxies: list[str]) -> str:
+    """The caller's address: the peer, or the nearest untrusted hop of X-Forwarded-For when the
+    peer is a trusted proxy (the ingress)."""
+    peer = request.client.host if request.client else "unknown"
+    if peer not in trusted_proxies:
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return hop[:64]
+    return peer
+
+
 def require_role(role: Role) -> Callable[..., Principal]:
     """A FastAPI dependency: the authenticated Principal holding `role` (admin holds every role).
 
@@ -512,12 +574,20 @@ def require_role(role: Role) -> Callable[..., Principal]:
             logger.error("no Authenticator on app.state.authenticator: refusing the request")
             raise HTTPException(500, "authentication is not configured")
         headers = request.headers.getlist("authorization")
+        client = client_address(request, authenticator.settings.trusted_proxies)
+        wait = authenticator.failures.retry_after(client)
+        if wait:
+            raise HTTPException(429, "too many failed authentication attempts from this client; retry later",
+                                headers={"Retry-After": str(wait)})
         try:
             if len(headers) > 1:
                 raise _unauthorized("only one authorization header is allowed", error="invalid_request")
             principal = authenticator.authenticate(headers[0] if headers else None)
+            request.state.principal = principal  # known even when refused (403): the audit names the caller
             authenticator.require(principal, role)
         except AuthError as exc:
+            if exc.status_code == 401:
+                authenticator.failures.failed(client)
             raise HTTPException(
                 exc.status_code, exc.message, headers={"WWW-Authenticate": exc.www_authenticate}
             ) from None

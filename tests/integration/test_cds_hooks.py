@@ -193,10 +193,18 @@ def build_app(artifact, store: Store, settings: CdsHooksSettings, backend: Backe
 
 
 @pytest.fixture(scope="module")
-def cds(artifact, ehr_jwks, ehr_key, tmp_path_factory):
+def closed_fhir_url():
+    """A loopback port that is bound but not listening: connections are refused."""
+    with free_socket() as sock:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
+
+
+@pytest.fixture(scope="module")
+def cds(artifact, ehr_jwks, ehr_key, tmp_path_factory, fhir_server, closed_fhir_url):
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('cds-store') / 'store.sqlite'}")
     backend = Backend(LocalBackend(ResolvedModel("v0001", artifact), dtype="float32"))
-    settings = CdsHooksSettings(public_base_url=PUBLIC, clients=[CdsClient(issuer=EHR, jwks=ehr_jwks)],
+    allowed = [fhir_server.url, closed_fhir_url, "http://ehr.example/fhir"]
+    settings = CdsHooksSettings(public_base_url=PUBLIC, clients=[CdsClient(issuer=EHR, jwks=ehr_jwks, fhir_servers=allowed)],
                                 model_card_url="https://models.example/{model_name}/{model_version}/card")
     prefixed = cds_hooks_router(CdsHooksSettings(base_path="/cds", clients=[CdsClient(issuer=EHR, jwks=ehr_jwks)]))
     app = build_app(artifact, store, settings, backend, [prefixed])
@@ -366,7 +374,7 @@ def test_discharge_fetches_notes_from_fhir_server_with_the_access_token(cds, fhi
     assert SECRET not in r.text
 
 
-def test_fhir_server_failures_are_errors_the_ehr_sees(cds, fhir_server):
+def test_fhir_server_failures_are_errors_the_ehr_sees(cds, fhir_server, closed_fhir_url):
     fhir_server.documents[:] = [note("g-hp", "34117-2", patient="p6", encounter="e6")]
     body = hook_request(patient="p6", encounter="e6", fhirServer=fhir_server.url,
                         fhirAuthorization={"access_token": FHIR_TOKEN, "token_type": "Bearer"})
@@ -380,12 +388,14 @@ def test_fhir_server_failures_are_errors_the_ehr_sees(cds, fhir_server):
     refused = {**body, "fhirAuthorization": {"access_token": "stale-token", "token_type": "Bearer"}}
     r = call(cds, "lang1-patient-risk", refused)
     assert r.status_code == 502 and "refused fhirAuthorization" in r.json()["issue"][0]["diagnostics"]
-    with free_socket() as sock:  # bound, not listening: connection refused
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
-        r = call(cds, "lang1-patient-risk", {**body, "fhirServer": closed})
+    r = call(cds, "lang1-patient-risk", {**body, "fhirServer": closed_fhir_url})
     assert r.status_code == 502 and "could not be reached" in r.json()["issue"][0]["diagnostics"]
     r = call(cds, "lang1-patient-risk", {**body, "fhirServer": "http://ehr.example/fhir"})
     assert r.status_code == 400 and "https" in r.json()["issue"][0]["diagnostics"]
+    # the access token goes only to servers configured for this EHR
+    for elsewhere in ("https://attacker.example/fhir", fhir_server.url + "-evil", "https://ehr.example/fhir"):
+        r = call(cds, "lang1-patient-risk", {**body, "fhirServer": elsewhere})
+        assert r.status_code == 403 and "fhirServer" in r.json()["issue"][0]["diagnostics"], elsewhere
     no_source = hook_request(patient="p6", encounter="e6")
     assert call(cds, "lang1-patient-risk", no_source).status_code == 412
 

@@ -6,6 +6,7 @@ import base64
 import json
 
 SECRET = "OKAPI-PHI-4410"  # in every note; must never come back out
+ALERTMANAGER_TOKEN = "am-webhook-token-0099"
 KEYS = {role: f"k-{role}-secret" for role in ("scorer", "reader", "care_manager", "admin")}  # one key per Role
 
 

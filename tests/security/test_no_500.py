@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import select
+import socket
+import time
 
 import pytest
 
@@ -132,3 +136,55 @@ def _all_time():
     from datetime import UTC, datetime
 
     return datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def live(api):
+    """The same app behind a real uvicorn server on 127.0.0.1 (TestClient buffers request bodies)."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(api.app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield sock.getsockname()
+    server.should_exit = True
+    thread.join(5)
+    sock.close()
+
+
+@pytest.mark.parametrize("path", [SCORE, "/v1/score", "/fhir"])
+def test_a_100_mb_chunked_body_is_refused_without_being_read(live, path):
+    """1 MB chunks, no Content-Length, up to 100 MB: the answer (413) comes after the first chunk
+    over the limit (200 kB here), and the rest is never read."""
+    chunk = b" " * 1_000_000
+    sent, answer = 0, b""
+    with socket.create_connection(live, timeout=10) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {KEYS['scorer']}\r\n"
+                     "Content-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        for _ in range(100):
+            if select.select([conn], [], [], 0.2)[0]:
+                break  # the server has answered
+            try:
+                conn.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            except OSError:  # the server closed the connection after answering
+                break
+            sent += 1
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in answer and (data := conn.recv(65536)):
+                answer += data
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent <= 5, f"{sent} MB sent before the answer"
+
+
+def test_a_lying_content_length_is_refused_up_front(api):
+    r = api.post("/v1/score", content=b"{}", headers={"Authorization": f"Bearer {KEYS['scorer']}",
+                                                      "Content-Type": "application/json",
+                                                      "Content-Length": str(10**9)})
+    assert_outcome(r, 413)
