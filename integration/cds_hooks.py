@@ -41,7 +41,7 @@ from integration.cds_config import CdsHooksSettings, IndicatorThresholds
 from integration.notes import aware_datetime, reference_id
 from lang1ops.tasks import LOINC, NoteType, TaskContract, TaskSpec
 from serving.api import FHIR_ID, ApiError, read_json_body
-from serving.auth import AuthError, Principal, Role
+from serving.auth import AuthError, Principal, Role, TokenReplayLog
 from serving.store import Store, UTCDateTime, table_metadata
 
 log = logging.getLogger("lang1ops.cds_hooks")
@@ -589,6 +589,8 @@ def cds_hooks_router(settings: CdsHooksSettings, verifier: CdsJwtVerifier | None
         audiences = [called, called.rstrip("/")]
         if feedback_of:  # CDS Clients differ on the feedback aud: the feedback URL or the service URL
             audiences.append(called.rsplit("/feedback", 1)[0])
+        if not isinstance(verifier.replays, TokenReplayLog):  # jtis in the store: one memory for every replica
+            verifier.replays = TokenReplayLog(request.app.state.store)
         try:
             # in a thread: a first call with a new jku fetches its JWK Set (blocking httpx)
             return await run_in_threadpool(verifier.verify, headers, audiences)

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from integration.notes import ClinicalNote, NoteError, note_from_resource
 from lang1ops.tasks import NoteType, TaskContract
 from monitoring import metrics as prom
-from serving.auth import Principal, Role, require_role
+from serving.auth import Principal, Role, TokenReplayLog, require_role
 from serving.config import ApiSettings
 from serving.fhir_output import capability_statement, collection, operation_outcome, risk_assessments
 from serving.store import NewScore, Store
@@ -409,6 +409,8 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
                               "index, claim denial) over FHIR R4, with finetuned Lang1-style language models.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.authenticator = authenticator
+    if getattr(authenticator, "replays", False) is None:  # single-use JWTs: one replay log for every replica
+        authenticator.replays = TokenReplayLog(store)
     service = ScoringService(backend, store, settings, shadow)
     app.state.service = service
     app.state.store = store

@@ -110,6 +110,12 @@ class JwtIssuer(BaseModel):
     scope_prefix: str = Field(DEFAULT_SCOPE_PREFIX, description="Only scopes with this prefix grant roles.")
     algorithms: list[str] = Field(default_factory=lambda: ["RS384", "ES384"], min_length=1)
     leeway_s: int = Field(30, ge=0, le=300)
+    max_token_lifetime_s: int = Field(3600, ge=1, le=86_400,
+                                      description="exp - iat above this is refused: a stolen token is short-lived.")
+    single_use: bool = Field(
+        False, description="Each request carries a freshly signed JWT (a client assertion): `jti` is required and "
+        "a second use is refused, across replicas (the store remembers jtis until exp). False for access tokens "
+        "from an identity provider, which are reused until they expire.")
     jwks_ttl_s: int = Field(3600, ge=1, description="How long a fetched JWKS is used before refetching.")
     jwks_refetch_min_interval_s: int = Field(
         30,
@@ -265,6 +271,27 @@ def decode_signed(token: str, candidates: list, alg: str, audience: str | list[s
         except jwt.PyJWTError:
             raise _unauthorized("invalid token") from None
     raise _unauthorized("token signature invalid")
+
+
+def check_lifetime(claims: dict[str, Any], max_lifetime_s: int) -> None:
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+        raise _unauthorized("token exp and iat must be numbers")
+    if exp - iat > max_lifetime_s:
+        raise _unauthorized(f"token lifetime over {max_lifetime_s} s")
+
+
+class TokenReplayLog:
+    """Signed tokens' jtis in the store, shared by every replica and process: `first_use` is
+    False for a jti seen before (from the same issuer) while its token is unexpired."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def first_use(self, issuer: str, jti: str, forget_after: float) -> bool:
+        from datetime import UTC, datetime
+
+        return self.store.first_token_use(issuer, jti, datetime.fromtimestamp(forget_after, UTC))
 
 
 def hash_api_key(key: str) -> str:
@@ -434,6 +461,7 @@ class Authenticator:
         self._clock = clock
         self._issuers = {config.issuer: IssuerKeys(config) for config in settings.issuers}
         self.failures = FailedAuthLimiter(settings.failed_auth_limit, settings.failed_auth_window_s, clock)
+        self.replays: TokenReplayLog | None = None  # set by create_api: the store every replica shares
         if settings.allow_unauthenticated:
             logger.warning("authentication is OFF for requests without credentials (allow_unauthenticated)")
 
@@ -508,8 +536,18 @@ class Authenticator:
         candidates = [k for k in issuer_keys.keys_for(kid, self._keys_http.get, self._clock()) if k.fits(alg)]
         if not candidates:
             raise _unauthorized("token signing key not recognised")
+        required = _REQUIRED_CLAIMS + (["jti"] if config.single_use else [])
         claims = decode_signed(token, candidates, alg, audience=config.audience, issuer=config.issuer,
-                               leeway=config.leeway_s, required=_REQUIRED_CLAIMS)
+                               leeway=config.leeway_s, required=required)
+        check_lifetime(claims, config.max_token_lifetime_s)
+        if config.single_use:
+            jti = claims["jti"]
+            if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
+                raise _unauthorized("token jti must be a string of 1 to 256 characters")
+            if self.replays is None:
+                raise _unauthorized("single-use tokens need the replay log (no store configured)")
+            if not self.replays.first_use(config.issuer, jti, float(claims["exp"]) + config.leeway_s):
+                raise _unauthorized("token replayed (jti already used)")
         return Principal(self._subject(claims), self._roles(claims, config), f"jwt:{config.issuer}")
 
     @staticmethod

@@ -275,6 +275,19 @@ class Outcome(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class TokenUse(Base):
+    """A signed token's (issuer, jti), kept until the token expires: a second use is a replay,
+    whichever replica or process sees it (CDS Hooks JWTs, single-use API JWTs)."""
+
+    __tablename__ = "token_uses"
+    __table_args__ = (UniqueConstraint("issuer", "jti"), Index(None, "expires_at"))
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(ENDPOINT_LEN))
+    jti: Mapped[str] = mapped_column(String(ENDPOINT_LEN))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 _AUDIT_FIELDS = {c.key for c in AuditRecord.__table__.columns} - {"id"}
 
 
@@ -768,6 +781,22 @@ class Store:
         if len({v.shape[0] for v in vectors}) > 1:
             raise ValueError("encodings of different sizes in this window: pass model_version")
         return [int(i) for i, _ in rows], np.stack(vectors)
+
+    # -- token replay
+
+    def first_token_use(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """True the first time (issuer, jti) is recorded while unexpired; False for a replay.
+        Expired entries are dropped on the way (a jti may be reused once its token has expired)."""
+        now = datetime.now(UTC)
+        issuer, jti = issuer[:ENDPOINT_LEN], jti[:ENDPOINT_LEN]
+        try:
+            with self._write.begin() as session:
+                session.execute(delete(TokenUse).where(TokenUse.expires_at <= now),
+                                execution_options={"synchronize_session": False})
+                session.add(TokenUse(issuer=issuer, jti=jti, expires_at=_aware_utc(expires_at, "expires_at")))
+            return True
+        except IntegrityError:  # unique (issuer, jti): already used, by this process or another
+            return False
 
     # -- audit
 

@@ -464,6 +464,20 @@ def test_malformed_prefetch_is_a_4xx_or_a_card_never_a_5xx(cds, prefetch):
     assert SECRET not in r.text
 
 
+def test_a_jwt_replayed_to_another_replica_is_refused(cds, artifact, ehr_jwks):
+    """Replay memory lives in the store: a second ingress replica (its own app and verifier,
+    the same database) refuses a token the first one accepted."""
+    settings = CdsHooksSettings(public_base_url=PUBLIC, clients=[CdsClient(issuer=EHR, jwks=ehr_jwks)])
+    other = build_app(artifact, cds.store, settings, cds.backend)
+    body = json.dumps(hook_request(patient="p-rep", encounter="e-rep", prefetch={"notes": searchset()}))
+    token = make_jwt(cds.key, f"{PUBLIC}/cds-services/lang1-patient-risk")
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    assert cds.post("/cds-services/lang1-patient-risk", content=body, headers=headers).status_code == 200
+    with TestClient(other, raise_server_exceptions=False) as replica:
+        r = replica.post("/cds-services/lang1-patient-risk", content=body, headers=headers)
+    assert r.status_code == 401 and "replayed" in r.json()["issue"][0]["diagnostics"]
+
+
 def test_scorer_failure_is_an_http_error_not_an_empty_card_list(cds):
     cds.backend.fail = True
     try:

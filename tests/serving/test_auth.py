@@ -580,3 +580,39 @@ def test_dependency_fails_closed_without_an_authenticator():
 def test_openapi_declares_the_bearer_scheme(client):
     schema = client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+# --- lifetime cap and single-use tokens (replay memory in the store, shared by replicas) -----
+
+
+def test_a_token_living_longer_than_the_cap_is_refused(jwks, rsa_key):
+    auth = Authenticator(settings_with([JwtIssuer(issuer=ISSUER, jwks=jwks, audience=AUDIENCE,
+                                                  max_token_lifetime_s=600)]))
+    now = int(time.time())
+    assert auth.authenticate(bearer(make_token(rsa_key, iat=now, exp=now + 600))).subject == "svc-epic-bridge"
+    error = rejected(auth, bearer(make_token(rsa_key, iat=now, exp=now + 601)))
+    assert "lifetime" in error.message
+
+
+def test_single_use_tokens_are_refused_on_their_second_use_by_any_replica(jwks, rsa_key, tmp_path):
+    from serving.auth import TokenReplayLog
+    from serving.store import Store
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    replicas = []
+    for _ in range(2):  # two processes' worth of Authenticator and Store over one database
+        auth = Authenticator(settings_with([JwtIssuer(issuer=ISSUER, jwks=jwks, audience=AUDIENCE, single_use=True)]))
+        auth.replays = TokenReplayLog(Store(url))
+        replicas.append(auth)
+    token = make_token(rsa_key, jti="assertion-1")
+    assert replicas[0].authenticate(bearer(token)).subject == "svc-epic-bridge"
+    assert "replayed" in rejected(replicas[1], bearer(token)).message
+    assert "replayed" in rejected(replicas[0], bearer(token)).message
+    assert replicas[1].authenticate(bearer(make_token(rsa_key, jti="assertion-2"))).subject == "svc-epic-bridge"
+    assert "jti" in rejected(replicas[0], bearer(make_token(rsa_key))).message  # single-use: jti required
+
+
+def test_reusable_access_tokens_stay_reusable(inline_auth, rsa_key):
+    token = make_token(rsa_key, jti="access-token-1")
+    for _ in range(3):
+        assert inline_auth.authenticate(bearer(token)).subject == "svc-epic-bridge"
