@@ -228,15 +228,16 @@ def run_batch(input_dir: Path, out_dir: Path, backend, store: Store, api_setting
 class _ScorerWorker:
     """One model copy in one Ray worker process (the class is wrapped by ray.remote lazily)."""
 
-    def __init__(self, path: str, version: str, base_fallback: str | None, device: str, dtype: str, threads: int):
+    def __init__(self, path: str, version: str, base_fallback: str | None, device: str, dtype: str, threads: int,
+                 content_hash: str | None = None):
         import torch
 
         from serving.backends import ActiveModel, ResolvedModel
 
         torch.set_num_threads(max(1, threads))  # one worker per reserved CPU, not every core each
         self.active = ActiveModel()
-        self.active.load(ResolvedModel(version, Path(path)), Path(base_fallback) if base_fallback else None, device,
-                         dtype, max_batch=8)
+        self.active.load(ResolvedModel(version, Path(path), content_hash), Path(base_fallback) if base_fallback else None,
+                         device, dtype, max_batch=8)
 
     def score(self, text: str, tasks: list[str]) -> dict:
         from serving.backends import score_batch
@@ -262,7 +263,7 @@ class RayPoolBackend:
         remote = ray.remote(num_cpus=worker_cpus)(_ScorerWorker)
         threads = max(1, int(worker_cpus))
         self.actors = [remote.remote(str(resolved.path), resolved.version, str(base_fallback) if base_fallback else None,
-                                     device, dtype, threads) for _ in range(max(1, workers))]
+                                     device, dtype, threads, resolved.content_hash) for _ in range(max(1, workers))]
         self._next = itertools.cycle(self.actors)
         info = ray.get(self.actors[0].info.remote())  # waits until the first model is loaded
         self._info = ModelInfo(info["name"], info["version"], info["kind"], TaskContract.model_validate(info["contract"]))

@@ -21,17 +21,39 @@ from serving.scorer import LoadedModel, MultitaskScorer, load_model
 class ResolvedModel:
     version: str
     path: Path
+    content_hash: str | None = None  # the registry's record; checked against the files before loading
+
+
+class ModelIntegrityError(RuntimeError):
+    """The artifact's files no longer hash to what the registry recorded: never served."""
 
 
 def resolve_model(ref: str, registry_dir: Path, name: str) -> ResolvedModel:
-    """A registry alias/version of `name`, or a path to an artifact directory."""
+    """A registry alias/version of `name`, or a path to an artifact directory (not in a registry:
+    nothing to check its files against)."""
     candidate = Path(ref)
     if (candidate / "artifact.json").exists():
         return ResolvedModel(candidate.name, candidate)
     from training.registry import Registry
 
     version = Registry(registry_dir).get(name, ref)
-    return ResolvedModel(version.version, version.path)
+    return ResolvedModel(version.version, version.path, version.content_hash)
+
+
+def verify_integrity(resolved: ResolvedModel) -> None:
+    """Refuse an artifact whose files changed since registration (a tampered or half-copied
+    model must not answer for patients)."""
+    if resolved.content_hash is None:
+        return
+    from training.registry import content_hash
+
+    try:
+        actual = content_hash(resolved.path)
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"model {resolved.version}: files unreadable ({type(exc).__name__})") from None
+    if actual != resolved.content_hash:
+        raise ModelIntegrityError(f"model {resolved.version}: files do not match the registry's content hash; "
+                                  "refusing to load it")
 
 
 class ActiveModel:
@@ -44,6 +66,7 @@ class ActiveModel:
 
     def load(self, resolved: ResolvedModel, base_fallback: Path | None, device: str, dtype: str, max_batch: int,
              backend: str = "hf") -> None:
+        verify_integrity(resolved)  # before any byte of it is loaded; the current model keeps serving
         if backend == "vllm":
             loaded, scorer = load_vllm(resolved, base_fallback)
         else:
