@@ -1,9 +1,10 @@
 """The monitoring status as Prometheus metrics, read from the database at scrape time.
 
-`MonitoringStatusCollector(store)` is a prometheus_client custom collector: every scrape reads
-the newest drift run, the newest performance window per task and the label counts, so any
-process that can reach the database (the ingress replica, an exporter sidecar) exports the
-same numbers, with no multiprocess bookkeeping. Label values are check names, column names
+`MonitoringStatusCollector(store)` is a prometheus_client custom collector: it reads the newest
+drift run, the newest performance window per task and the label counts at most once per
+`refresh_s` (60 s; these change hourly at most), so a scrape, or many scrapers, never load the
+database; any process that can reach the database (the ingress replica, an exporter sidecar)
+exports the same numbers, with no multiprocess bookkeeping. Label values are check names, column names
 and task names: never PHI.
 
     lang1ops_drift_detected{check}                      1 if the newest check detected drift
@@ -17,6 +18,8 @@ and task names: never PHI.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -29,9 +32,14 @@ log = logging.getLogger(__name__)
 
 
 class MonitoringStatusCollector(Collector):
-    def __init__(self, store, history: MonitoringHistory | None = None):
+    def __init__(self, store, history: MonitoringHistory | None = None, refresh_s: float = 60.0,
+                 clock=time.monotonic):
         self.store = store
         self.history = history or MonitoringHistory(store)
+        self.refresh_s, self.clock = refresh_s, clock
+        self._cached: tuple[float, tuple] | None = None
+        self._lock = threading.Lock()
+        self.reads = 0  # database reads so far (the cache's test counts them)
 
     def describe(self):
         # metric names without reading the database at registration
@@ -43,6 +51,15 @@ class MonitoringStatusCollector(Collector):
                 CounterMetricFamily("lang1ops_labels", "", labels=["task"])]
 
     def collect(self):
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or now - self._cached[0] >= self.refresh_s:
+                self._cached = (now, self._read())
+            families = self._cached[1]
+        yield from families
+
+    def _read(self) -> tuple:
+        self.reads += 1
         detected = GaugeMetricFamily("lang1ops_drift_detected", "1 if the newest drift check detected drift, by check "
                                      "(descriptors, embeddings, predictions, overall).", labels=["check"])
         score = GaugeMetricFamily("lang1ops_drift_score", "Drift score of each column in the newest drift check "
@@ -76,4 +93,4 @@ class MonitoringStatusCollector(Collector):
                     labels.add_metric([task], float(count))
         except Exception as exc:  # a scrape must not fail because the database is briefly unavailable
             log.warning("monitoring status not readable: %s", type(exc).__name__)
-        yield from (detected, score, last, auroc, ece, labels)
+        return detected, score, last, auroc, ece, labels

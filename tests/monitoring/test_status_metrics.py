@@ -36,7 +36,9 @@ def store(request, tmp_path):
 
 def test_collector_exports_the_newest_drift_performance_and_label_counts(store):
     registry = CollectorRegistry()
-    registry.register(MonitoringStatusCollector(store))
+    now = [0.0]
+    collector = MonitoringStatusCollector(store, refresh_s=60, clock=lambda: now[0])
+    registry.register(collector)
     assert samples(registry) == {}  # nothing checked yet: no made-up values
 
     history = MonitoringHistory(store)
@@ -57,7 +59,11 @@ def test_collector_exports_the_newest_drift_performance_and_label_counts(store):
         store.record_outcome("p1", f"e{i}", "mortality", i % 2, when, "test")
     store.record_outcome("p1", "e0", "los", 2, when, "test")
 
+    reads = collector.reads
+    assert samples(registry) == {} and collector.reads == reads  # scrapes within refresh_s: no database read
+    now[0] += 60
     got = samples(registry)
+    assert collector.reads == reads + 1
     assert got[("lang1ops_drift_detected", (("check", "descriptors"),))] == 1.0
     assert got[("lang1ops_drift_detected", (("check", "embeddings"),))] == 0.0
     assert got[("lang1ops_drift_detected", (("check", "overall"),))] == 1.0
