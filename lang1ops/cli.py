@@ -34,6 +34,7 @@ app.add_typer(views_app, name="views")
 app.add_typer(monitor_app, name="monitor")
 monitor_app.command("prometheus")(run_prometheus)
 app.command("serve")(serving_cli.serve)
+app.command("retention")(serving_cli.retention)
 
 # Results go to stdout; progress (lang1ops.progress) goes to stderr.
 stdout = Console()

@@ -141,3 +141,28 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def retention(
+    dry_run: Annotated[bool, typer.Option(help="Count what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete scores older than `serving.retention_days` (a daily job: the Helm chart's retention CronJob)."""
+    from datetime import UTC, datetime, timedelta
+
+    from serving.store import Store
+
+    settings = get_settings()
+    days = settings.serving.retention_days
+    if days is None:
+        stdout.print("serving.retention_days is not set: scores are kept")
+        return
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    with Store(settings.serving.store_url) as store:
+        if dry_run:
+            stdout.print(f"{store.count_scores_before(cutoff)} scores scored before {cutoff:%Y-%m-%d %H:%M} UTC "
+                         "would be deleted")
+            return
+        deleted = store.purge_scores(cutoff)
+        store.audit(action="retention", actor="retention-job", outcome="ok",
+                    detail=f"{deleted} scores scored before {cutoff.isoformat()} deleted ({days} days)")
+    stdout.print(f"deleted {deleted} scores scored before {cutoff:%Y-%m-%d %H:%M} UTC (retention {days} days)")

@@ -69,5 +69,9 @@ class ServingSettings(BaseModel):
     max_ongoing_requests: int = Field(32, description="Per scorer replica; at least max_batch_size.")
     shadow: bool = Field(False, description="Also score with the challenger; store, never return, its results.")
     watch_interval_s: float = Field(5.0, description="How often `lang1ops serve` checks the registry for a new champion.")
+    retention_days: int | None = Field(
+        None, ge=60, description="`lang1ops retention` deletes scores (their probabilities and encodings) scored more "
+        "than this many days ago; None keeps them. At least 60: performance windows wait for 30-day outcomes. "
+        "The audit log is kept (its own, longer, legal retention).")
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -713,6 +713,14 @@ class Store:
             )
             return int(result.rowcount or 0)
 
+    def count_scores_before(self, before: datetime) -> int:
+        """How many scored notes `purge_scores(before)` would delete."""
+        from sqlalchemy import func
+
+        with self._reading() as session:
+            return int(session.scalar(select(func.count(ScoredNote.id)).where(
+                ScoredNote.scored_at < _aware_utc(before, "before"))) or 0)
+
     def scores_between(
         self,
         start: datetime,

@@ -226,7 +226,8 @@ def test_secrets_come_from_secret_references_only(rendered):
     _, values, docs = rendered
     store_secret = helm.Chart.load(CHART).merge_values(values)["secrets"]["store"]["name"]
     containers = [c for t in pod_templates(one(docs, "RayService")) for c in t["spec"]["containers"]]
-    containers += one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    for job in ("-drift", "-retention"):
+        containers += one(docs, "CronJob", job)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     containers += [c for t in pod_templates(retrain_rayjob(docs)) for c in t["spec"]["containers"]]
     ray_secret = helm.Chart.load(CHART).merge_values(values)["secrets"]["rayAuth"]
     for container in containers:
@@ -273,8 +274,10 @@ def test_service_monitor_scrapes_the_job_the_rules_expect(rendered):
 
 def test_jobs_run_the_monitoring_commands_with_the_same_settings(rendered, monkeypatch):
     _, values, docs = rendered
-    drift = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    drift = one(docs, "CronJob", "-drift")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert drift["command"] == ["lang1ops", "monitor", "drift"]
+    retention = one(docs, "CronJob", "-retention")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert retention["command"] == ["lang1ops", "retention"] and retention["env"] == drift["env"]
     assert retrain_rayjob(docs)["spec"]["entrypoint"].startswith("lang1ops monitor retrain")
     # the env the jobs get (ConfigMap + env) yields the Settings the Serve app gets as args
     settings_env = one(docs, "ConfigMap", "-settings")["data"]

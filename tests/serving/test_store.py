@@ -353,3 +353,35 @@ def test_a_stored_note_dated_9999_does_not_break_the_window_readers(store: Store
     assert len(frame) == 2 and frame["note_date"].isna().sum() == 1
     by_note_date = store.scores_between(T0 - timedelta(days=30), T0 + timedelta(days=1), by="note_date")
     assert list(by_note_date["patient_id"]) == ["pat-2"]
+
+
+def test_retention_command_deletes_old_scores_and_audits_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from lang1ops.cli import app
+    from lang1ops.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    now = datetime.now(UTC)
+    with Store(url) as store:
+        store.save_score(make_score(1, scored_at=now - timedelta(days=400)))
+        store.save_score(make_score(2, scored_at=now - timedelta(days=10)))
+    monkeypatch.setenv("LANG1OPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LANG1OPS_SERVING__STORE_URL", url)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        assert "kept" in runner.invoke(app, ["retention"]).output  # no retention configured: nothing deleted
+        monkeypatch.setenv("LANG1OPS_SERVING__RETENTION_DAYS", "365")
+        get_settings.cache_clear()
+        dry = runner.invoke(app, ["retention", "--dry-run"])
+        assert dry.exit_code == 0 and "1 scores" in dry.output
+        result = runner.invoke(app, ["retention"])
+        assert result.exit_code == 0 and "deleted 1 scores" in result.output, result.output
+    finally:
+        get_settings.cache_clear()
+    with Store(url) as store:
+        left = store.scores_between(now - timedelta(days=1000), now + timedelta(days=1))
+        assert list(left["patient_id"]) == ["pat-2"]
+        assert count(store, "predictions") == 6 and count(store, "note_encodings") == 1  # the old one's cascaded
+        assert store.audit_records(limit=1, action="retention")[0]["detail"].startswith("1 scores")
