@@ -113,7 +113,10 @@ class Ingress:
         return build_ingress_app(self.settings, self.scorer_handle, self.shadow_handle)
 
 
-def build_app(settings: Settings, model_ref: str | None = None):
+def build_app(settings: Settings, model_ref: str | None = None, shadow_ref: str | None = None):
+    """The Serve application. `model_ref` and `shadow_ref` name the versions the scorer and the
+    shadow replicas load (default: the settings'); they are in the deployments' user_config, so
+    changing one reconfigures every replica of that deployment to the same version."""
     s = settings.serving
     settings_json = settings.model_dump_json()
     # every actor records metrics into one shared directory, merged by the ingress's /metrics;
@@ -132,7 +135,8 @@ def build_app(settings: Settings, model_ref: str | None = None):
     if s.shadow:  # the challenger on its own small replica; it waits if there is no challenger yet
         shadow = Scorer.options(name="shadow", num_replicas=1, max_ongoing_requests=scorer_options["max_ongoing_requests"],
                                 ray_actor_options={"num_cpus": min(0.5, s.replica_cpus), "runtime_env": metrics_env},
-                                user_config={"model_ref": "challenger", "optional": True}).bind(settings_json)
+                                user_config={"model_ref": shadow_ref or s.shadow_ref, "optional": True}
+                                ).bind(settings_json)
     return Ingress.options(num_replicas=1, max_ongoing_requests=max(64, 4 * s.max_ongoing_requests),
                            ray_actor_options={"num_cpus": 0.5, "runtime_env": metrics_env}).bind(scorer, settings_json, shadow)
 
@@ -146,36 +150,50 @@ def resolved_champion(settings: Settings) -> str:
     return resolve_model(settings.serving.model_ref, settings.registry_dir, settings.model_name).version
 
 
+def resolved_versions(settings: Settings) -> tuple[str, str | None]:
+    """(scorer version, shadow version or None): what the deployments should load right now."""
+    champion = resolved_champion(settings)
+    if not settings.serving.shadow:
+        return champion, None
+    try:
+        return champion, resolve_model(settings.serving.shadow_ref, settings.registry_dir, settings.model_name).version
+    except KeyError:  # no challenger yet: the shadow replica waits
+        return champion, None
+
+
 def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.Event | None = None) -> None:
-    """Start local Ray and Serve, deploy, then follow the registry's champion until stopped."""
+    """Start local Ray and Serve, deploy, then follow the registry's champion (and challenger)
+    until stopped."""
     from lang1ops.ray_local import ensure_ray
 
     ensure_ray()
     prom.service_metrics_env(settings.home, clear=True)  # a fresh start: no counts from an earlier run
     serve.start(http_options={"host": settings.serving.host, "port": settings.serving.port})
-    version = resolved_champion(settings)
-    serve.run(build_app(settings, version), name="lang1ops", route_prefix="/")
+    versions = resolved_versions(settings)
+    serve.run(build_app(settings, *versions), name="lang1ops", route_prefix="/")
     if on_start:
-        on_start(version)
+        on_start(versions[0])
     if blocking:
-        watch_registry(settings, version)
+        watch_registry(settings, versions)
 
 
-def watch_registry(settings: Settings, version: str, should_stop=lambda: False) -> None:
-    """Redeploy with the new version whenever the registry's champion changes (a lightweight
-    Serve update: replicas reconfigure in place)."""
+def watch_registry(settings: Settings, versions: tuple[str, str | None] | str, should_stop=lambda: False) -> None:
+    """Redeploy with the new versions whenever the registry's champion (or, with shadow scoring,
+    its challenger) changes: a lightweight Serve update, every replica of a deployment
+    reconfigured to the one pinned version."""
+    if isinstance(versions, str):
+        versions = (versions, None)
     while not should_stop():
         time.sleep(settings.serving.watch_interval_s)
         try:
-            current = resolved_champion(settings)
+            current = resolved_versions(settings)
         except (KeyError, OSError) as exc:
             log.warning("registry not readable: %s", type(exc).__name__)
             continue
-        if current != version:
-            log.info("champion changed %s -> %s: reconfiguring scorer replicas", version, current)
-            serve.run(build_app(settings, current), name="lang1ops", route_prefix="/", blocking=False)
-            version = current
-
+        if current != versions:
+            log.info("registry changed %s -> %s: reconfiguring replicas", versions, current)
+            serve.run(build_app(settings, *current), name="lang1ops", route_prefix="/", blocking=False)
+            versions = current
 
 
 def serve_config(settings: Settings) -> dict:

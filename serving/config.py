@@ -56,7 +56,9 @@ class ServingSettings(BaseModel):
     host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy.")
     port: int = 8000
     store_url: str = Field("sqlite:///var/lang1ops.sqlite", description="SQLAlchemy URL: SQLite or PostgreSQL.")
-    model_ref: str = Field("champion", description="Registry alias or version the service scores with.")
+    model_ref: str = Field("champion", description="Registry alias or version the service scores with. `lang1ops "
+                           "serve` follows an alias; on a cluster it must be a pinned version (vNNNN), rolled to "
+                           "every replica at once by changing it.")
     backend: str = Field("hf", description="hf (PyTorch, CPU or GPU) or vllm (GPU image only).")
     device: str = "cpu"
     dtype: str = Field("auto", description="auto: bf16 where the hardware runs it natively, else fp32.")
@@ -68,6 +70,8 @@ class ServingSettings(BaseModel):
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = Field(32, description="Per scorer replica; at least max_batch_size.")
     shadow: bool = Field(False, description="Also score with the challenger; store, never return, its results.")
+    shadow_ref: str = Field("challenger", description="Registry alias or version the shadow replica scores with "
+                                                      "(on a cluster: a pinned version, like model_ref).")
     watch_interval_s: float = Field(5.0, description="How often `lang1ops serve` checks the registry for a new champion.")
     retention_days: int | None = Field(
         None, ge=60, description="`lang1ops retention` deletes scores (their probabilities and encodings) scored more "

@@ -146,6 +146,8 @@ def test_bad_values_are_refused_by_the_schema_with_a_clear_message(override, mes
     ({"workerGroups": [{"name": "cpu", "replicas": 1, "minReplicas": 3, "maxReplicas": 2, "resources": {}}]},
      "minReplicas (3) is above maxReplicas (2)"),
     ({"registry": {"mode": "volume", "volume": {}}}, "registry.volume is empty"),
+    ({"settings": {"serving": {"model_ref": "champion"}}}, "must be a pinned registry version"),
+    ({"settings": {"serving": {"shadow": True}}}, "shadow_ref is not a pinned version"),
 ])
 def test_inconsistent_values_fail_the_render_with_a_clear_message(override, message):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError, match=message.replace("(", r"\(")

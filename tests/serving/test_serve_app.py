@@ -152,3 +152,36 @@ def test_postgres_store_through_the_same_url_setting(service, postgres_url):  # 
     assert r.status_code == 200, r.text
     stored = stored_score_of(Store(postgres_url), "DocumentReference/pg1/_history/1")
     assert stored is not None and stored.response == [e["resource"] for e in r.json()["entry"]]
+
+
+def test_the_watcher_pins_new_champion_and_challenger_versions_in_the_deployments(tiny_llama_dir, tmp_path, monkeypatch):
+    """Without Ray: what watch_registry asks Serve to deploy when the registry changes. The shadow
+    replica gets the challenger's version in its user_config (an alias there never changes, so a
+    new challenger would never reach it)."""
+    import serving.app as app_module
+
+    registry = Registry(tmp_path / "registry")
+    for tag in ("a", "b", "c"):
+        registry.register(zero_shot_artifact(tiny_llama_dir, tmp_path / tag, DEFAULT_CONTRACT, 32, name="lang1-ops"),
+                          "test", tag)
+    registry.promote("lang1-ops", "v0001", "test", "first")
+    settings = make_settings(tmp_path, tiny_llama_dir, f"sqlite:///{tmp_path / 's.sqlite'}", 1)
+    settings.serving.shadow, settings.serving.watch_interval_s = True, 0
+    deployed = []
+    monkeypatch.setattr(app_module, "build_app", lambda s, model_ref=None, shadow_ref=None: (model_ref, shadow_ref))
+    monkeypatch.setattr(app_module.serve, "run", lambda application, **_: deployed.append(application))
+    steps = iter([lambda: None,
+                  lambda: registry.set_alias("lang1-ops", "challenger", "v0002", "test", "shadow it"),
+                  lambda: registry.set_alias("lang1-ops", "challenger", "v0003", "test", "a newer candidate"),
+                  lambda: registry.promote("lang1-ops", "v0003", "test", "promoted")])
+
+    def should_stop():
+        step = next(steps, None)
+        if step is None:
+            return True
+        step()
+        return False
+
+    assert app_module.resolved_versions(settings) == ("v0001", None)
+    app_module.watch_registry(settings, ("v0001", None), should_stop)
+    assert deployed == [("v0001", "v0002"), ("v0001", "v0003"), ("v0003", None)]  # promotion clears the challenger

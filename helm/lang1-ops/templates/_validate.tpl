@@ -25,6 +25,14 @@
 {{- $gpus = add $gpus (mul (int (default 0 .gpus)) (int .maxReplicas)) }}
 {{- end }}
 {{- $serving := default (dict) .Values.settings.serving }}
+{{- /* every replica must load the same version: aliases resolve at each replica's start, so an
+autoscaled replica after a promotion would answer with another model than its peers */}}
+{{- if not (regexMatch "^v[0-9]+$" (toString (default "" $serving.model_ref))) }}
+{{- fail (printf "settings.serving.model_ref must be a pinned registry version like v0007, not %q: on a cluster replicas resolve an alias when they start, so they could serve different models after a promotion; roll a promotion with --set settings.serving.model_ref=vNNNN" (toString (default "" $serving.model_ref))) }}
+{{- end }}
+{{- if and $serving.shadow (not (regexMatch "^v[0-9]+$" (toString (default "" $serving.shadow_ref)))) }}
+{{- fail "settings.serving.shadow is on but settings.serving.shadow_ref is not a pinned version like v0008" }}
+{{- end }}
 {{- if and (eq (default "cpu" $serving.device) "cuda") (eq (int $gpus) 0) }}
 {{- fail "settings.serving.device is cuda but no workerGroups entry has gpus > 0: the scorer replicas (1 GPU each) could never be placed" }}
 {{- end }}
