@@ -67,7 +67,7 @@ class ActiveModel:
     def load(self, resolved: ResolvedModel, base_fallback: Path | None, device: str, dtype: str, max_batch: int,
              backend: str = "hf") -> None:
         verify_integrity(resolved)  # before any byte of it is loaded; the current model keeps serving
-        if backend == "vllm":
+        if engine_for(resolved.path, backend) == "vllm":
             loaded, scorer = load_vllm(resolved, base_fallback)
         else:
             loaded = load_model(resolved.path, base_fallback, device=device, dtype=dtype, version=resolved.version)
@@ -86,6 +86,20 @@ class ActiveModel:
         return self._current[0].version if self._current else None
 
 
+def engine_for(artifact_dir: Path, backend: str) -> str:
+    """Which engine serves this artifact on this profile: vLLM for option-letter (mc) models, full
+    or LoRA, on the GPU profile; the PyTorch scorer (on the profile's device, CUDA there) for
+    everything vLLM cannot run, such as heads on the base model's hidden states. Every artifact
+    kind the registry can promote is servable on every profile."""
+    if backend != "vllm":
+        return "hf"
+    from lang1ops.artifact import ArtifactManifest, Method, ModelKind
+
+    manifest = ArtifactManifest.load(artifact_dir)
+    return "vllm" if manifest.kind == ModelKind.MC and manifest.method in (Method.FULL, Method.LORA,
+                                                                           Method.ZERO_SHOT) else "hf"
+
+
 def load_vllm(resolved: ResolvedModel, base_fallback: Path | None):
     """A vLLM engine for an mc artifact (GPU image); metadata as for the PyTorch path."""
     from lang1ops.artifact import ArtifactManifest, Method, load_artifact_contract, resolve_base
@@ -94,6 +108,8 @@ def load_vllm(resolved: ResolvedModel, base_fallback: Path | None):
     from serving.vllm_backend import VllmScorer
 
     manifest = ArtifactManifest.load(resolved.path)
+    # full: the finetuned weights; LoRA: the base plus the adapter (vLLM applies it per request);
+    # zero-shot: the base itself
     model_dir = resolved.path / "weights" if manifest.method == Method.FULL else resolve_base(manifest.base, base_fallback)
     contract = load_artifact_contract(resolved.path)
     loaded = LoadedModel(manifest.kind, contract, None, PromptEncoder(load_tokenizer(resolved.path / "tokenizer"), contract,

@@ -17,6 +17,7 @@ it); `bench/gpu.py` exercises it whenever one is.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -51,13 +52,23 @@ class VllmScorer:
             raise VllmUnavailable("vLLM is not installed: the vllm backend runs in the GPU image "
                                   "(docker/Dockerfile.gpu); use backend 'hf' on CPU") from exc
         manifest = ArtifactManifest.load(artifact_dir)
-        if manifest.kind != ModelKind.MC or manifest.method == Method.LORA:
-            raise ValueError("the vLLM backend serves mc models with full weights; merge a LoRA adapter first")
+        if manifest.kind != ModelKind.MC:
+            raise ValueError("the vLLM backend serves option-letter (mc) models; heads run on the PyTorch scorer "
+                             "(serving.backends.engine_for chooses it)")
         self.contract = load_artifact_contract(artifact_dir)
         self.encoder = PromptEncoder(load_tokenizer(artifact_dir / "tokenizer"), self.contract, manifest.max_note_tokens)
+        lora = {}
+        self.lora_request = None
+        if manifest.method == Method.LORA:  # the joint multitask adapter: one LoRA id, so prefixes stay shared
+            from vllm.lora.request import LoRARequest
+
+            adapter = artifact_dir / "adapter"
+            rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 8))
+            lora = {"enable_lora": True, "max_lora_rank": max(8, rank), "max_loras": 1}
+            self.lora_request = LoRARequest("lang1ops-adapter", 1, str(adapter))
         self.llm = LLM(model=str(model_dir), dtype="bfloat16", enable_prefix_caching=True,
                        gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                       logprobs_mode="processed_logprobs")
+                       logprobs_mode="processed_logprobs", **lora)
 
     def score_notes(self, texts: list[str], tasks: list[list[str]] | None = None) -> list[NoteScore]:
         from vllm import SamplingParams, TokensPrompt
@@ -72,7 +83,7 @@ class VllmScorer:
                 params.append(SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=options,
                                              logprobs=len(options)))
                 index.append((i, task, options))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         probabilities: list[dict[str, np.ndarray]] = [{} for _ in texts]
         for (i, task, options), output in zip(index, outputs, strict=True):
             logprobs = output.outputs[0].logprobs[0]  # token id -> Logprob at the answer position

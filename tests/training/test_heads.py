@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lang1ops.artifact import ArtifactManifest, ModelKind
+from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.scorer import MultitaskScorer, load_model
 from training.dataset import Dataset
 from training.heads import EncodingCache, HeadsConfig, fit_head, train_heads
@@ -65,3 +66,21 @@ def test_a_task_with_one_class_in_training_gets_a_constant_prior_head():
     fit = fit_head(x[:20], np.zeros(20, dtype=int), x[20:], np.array([0, 1] * 5), n_classes=2, c_grid=(1.0,), seed=0)
     logits = x[20:] @ fit.weight.T + fit.bias
     assert np.isnan(fit.val_auroc) and np.allclose(logits, logits[0]) and logits[0, 0] > logits[0, 1]
+
+
+def test_the_gpu_profile_serves_heads_with_the_pytorch_scorer(heads_artifact, small_dataset, tiny_llama_dir):
+    """`serving.backend: vllm` (the GPU profile) must load whatever the registry promotes: heads are
+    not a vLLM model, so they run on the PyTorch scorer (here on the CPU; on the profile's CUDA
+    device in the GPU image), while option-letter models go to vLLM."""
+    from serving.backends import ActiveModel, ResolvedModel, engine_for
+    from training.artifacts import zero_shot_artifact
+
+    out, _ = heads_artifact
+    assert engine_for(out, "vllm") == "hf" and engine_for(out, "hf") == "hf"
+    mc = zero_shot_artifact(tiny_llama_dir, out.parent / "mc", DEFAULT_CONTRACT, 32)
+    assert engine_for(mc, "vllm") == "vllm" and engine_for(mc, "hf") == "hf"
+    active = ActiveModel()
+    active.load(ResolvedModel("v0009", out), None, "cpu", "float32", 4, backend="vllm")
+    model, scorer = active.snapshot()
+    [score] = scorer.score_notes(Dataset.load(small_dataset).notes["text"].head(1).tolist())
+    assert model.kind == ModelKind.HEADS and set(score.probabilities) == set(DEFAULT_CONTRACT.names)
