@@ -100,6 +100,30 @@ def evaluate_window(store, start: datetime, end: datetime, contract: TaskContrac
     return result
 
 
+def monthly_auroc(store, contract: TaskContract, now: datetime, months: int = 12) -> list[dict]:
+    """Per binary task and calendar month of scoring: n labeled encounters, prevalence, AUROC (None
+    with one class) and the model version, with the same selection as every performance window
+    (`labeled_predictions`: one model version per window, each encounter once)."""
+    from sklearn.metrics import roc_auc_score
+
+    first = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - pd.DateOffset(months=months - 1))
+    out = []
+    for start in pd.date_range(first, now, freq="MS", tz=now.tzinfo):
+        start = start.to_pydatetime()
+        end = min((pd.Timestamp(start) + pd.DateOffset(months=1)).to_pydatetime(), now + timedelta(seconds=1))
+        version, frames = labeled_predictions(store, start, end, by="scored_at")
+        for task, frame in frames.items():
+            if task not in contract.names or not contract.task(task).binary:
+                continue
+            spec = contract.task(task)
+            y = (frame["label"].to_numpy() == spec.positive_option).astype(int)  # labels are class indices
+            p = frame[f"p_{task}_{spec.positive_option}"].to_numpy()
+            auroc = float(roc_auc_score(y, p)) if len(set(y)) == 2 else None
+            out.append({"task": task, "month": f"{start:%Y-%m}", "n": len(frame), "prevalence": round(float(y.mean()), 4),
+                        "auroc": None if auroc is None else round(auroc, 4), "model_version": version})
+    return sorted(out, key=lambda r: (r["task"], r["month"]))
+
+
 def write_performance_report(result: WindowPerformance, out_dir: Path) -> Path:
     """performance.md and performance.json in `<out_dir>/performance-<window>/`, the model card's layout."""
     directory = out_dir / f"performance-{result.start:%Y%m%d}-{result.end:%Y%m%d}-{result.model_version}"

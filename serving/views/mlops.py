@@ -11,7 +11,7 @@ have no AUROC and say so).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from lang1ops.tasks import TaskContract
@@ -97,26 +97,8 @@ def _plain(record: object) -> dict:
 
 
 def performance_by_month(store: Store, contract: TaskContract, now: datetime, months: int = 12) -> list[dict]:
-    """Per binary task and month of scoring: n labelled notes, prevalence, AUROC (None with one class)."""
-    from sklearn.metrics import roc_auc_score
+    """Per binary task and month of scoring: n labelled encounters, prevalence, AUROC (None with
+    one class) and the model version, computed by monitoring.performance like every window."""
+    from monitoring.performance import monthly_auroc
 
-    scores = store.scores_between(now - timedelta(days=31 * months), now + timedelta(seconds=1))
-    outcomes = store.outcomes()
-    out = []
-    if scores.empty or outcomes.empty:
-        return out
-    for spec in contract.tasks:
-        column = f"p_{spec.name}_{spec.positive_option}"
-        if not spec.binary or column not in scores:
-            continue
-        labels = outcomes[outcomes["task"] == spec.name][["encounter_id", "label"]].drop_duplicates("encounter_id")
-        joined = scores[scores[column].notna()].merge(labels, on="encounter_id", how="inner")
-        if joined.empty:
-            continue
-        joined["month"] = joined["scored_at"].dt.strftime("%Y-%m")
-        for month, group in joined.groupby("month"):
-            y = group["label"].to_numpy()
-            auroc = float(roc_auc_score(y, group[column].to_numpy())) if len(set(y)) == 2 else None
-            out.append({"task": spec.name, "month": month, "n": len(group), "prevalence": round(float(y.mean()), 4),
-                        "auroc": None if auroc is None else round(auroc, 4)})
-    return sorted(out, key=lambda r: (r["task"], r["month"]))
+    return monthly_auroc(store, contract, now, months)

@@ -74,3 +74,21 @@ def test_one_encounter_counts_once_with_the_newest_note(labeled):
     store, *_ = labeled
     version, frames = labeled_predictions(store, FEB, MAR)
     assert version == "v0001" and frames["readmission"]["encounter_id"].is_unique
+
+
+def test_monthly_auroc_counts_each_encounter_once_for_one_model_version(labeled):
+    """The MLOps page's monthly AUROC goes through the same selection as every window."""
+    from sklearn.metrics import roc_auc_score
+
+    from monitoring.performance import monthly_auroc
+
+    store, y, p, *_ = labeled
+    now = datetime.now(UTC)
+    [row] = [r for r in monthly_auroc(store, DEFAULT_CONTRACT, now, months=2) if r["task"] == "readmission"]
+    assert row["month"] == f"{now:%Y-%m}" and row["n"] == 270 and row["model_version"] == "v0001"
+    assert row["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)
+    # the same encounters scored again by a new version: still each encounter once, one version
+    add_scores(store, 300, FEB, np.random.default_rng(9), prefix="perf", version="v0002",
+               readmission=np.full(300, 0.5))
+    [row] = [r for r in monthly_auroc(store, DEFAULT_CONTRACT, now, months=2) if r["task"] == "readmission"]
+    assert row["n"] == 270 and row["model_version"] == "v0002" and row["auroc"] == pytest.approx(0.5)
