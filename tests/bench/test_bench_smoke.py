@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+import bench.faults
 import bench.generator
 import bench.gpu
 import bench.memory
@@ -60,3 +61,11 @@ def test_gpu_part_leaves_the_report_alone_without_cuda(doc):
 def test_profile_scorer(tiny_llama_dir, doc):
     body = bench.profile_scorer.run(tiny_llama_dir, n_notes=2, batch=2, min_tokens=64, doc=doc)
     assert "matrix multiplies" in body and "<!-- bench:profile_scorer -->" in doc.read_text()
+
+
+def test_faults(tiny_llama_dir, doc):
+    """Kills a scorer replica twice and the ingress once within 45 s of load on SQLite."""
+    body = bench.faults.run(minutes=0.75, backends=("sqlite",), clients=2, base_dir=tiny_llama_dir, doc=doc,
+                            max_note_tokens=64)
+    assert "every accepted note persisted, none stored twice, none for another patient" in body, body
+    assert body.count("pid ") == 3, body  # the three kills happened
