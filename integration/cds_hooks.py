@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import uuid
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,15 +203,8 @@ class CdsFeedback(_CdsBase):
 class CdsTables:
     """The CDS tables on the Store's engine (created on first use, SQLite or PostgreSQL)."""
 
-    _created: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
-    _lock = threading.Lock()
-
     def __init__(self, engine: Engine):
-        self.engine = engine
-        with self._lock:
-            if engine not in self._created:
-                _CdsBase.metadata.create_all(engine)
-                self._created[engine] = True
+        self.engine = engine  # the tables come from the store's migrations (serving/migrations)
 
     def record_card(self, **values: Any) -> None:
         with self.engine.begin() as conn:

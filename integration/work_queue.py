@@ -102,7 +102,6 @@ class WorkQueue:
         self.settings = settings or WorkQueueSettings()
         self.clock = clock
         engine = store.engine
-        _Base.metadata.create_all(engine)
         self._dialect = engine.dialect.name
         # SQLite: BEGIN IMMEDIATE takes the write lock before reading, so two claimers never
         # pick the same job (serving.store's "begin" hook reads this execution option).
@@ -118,8 +117,9 @@ class WorkQueue:
     # -- producing -------------------------------------------------------
     def enqueue(self, queue: str, key: str, payload: dict[str, Any], delay_s: float = 0.0) -> tuple[Job, bool]:
         """(the job, True if new). Committed when this returns; the same key again is a no-op."""
-        if not key or len(key) > 512:
-            raise ValueError("a job key must have 1..512 characters")
+        if not key or len(key) > 512 or any(ch.isspace() for ch in key):
+            # an identifier, never a sentence: no note text can end up in the key column
+            raise ValueError("a job key must have 1..512 characters and no whitespace")
         now = self.clock()
         values = dict(queue=queue, key=key, payload=payload, status="pending", attempts=0,
                       available_at=now + timedelta(seconds=delay_s), created_at=now, updated_at=now)

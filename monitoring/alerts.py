@@ -136,7 +136,6 @@ class AlertLog:
     def __init__(self, store: Store, settings: AlertWebhookSettings | None = None):
         self.settings = settings or AlertWebhookSettings()
         engine = store.engine
-        AlertBase.metadata.create_all(engine)
         writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)

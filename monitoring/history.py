@@ -108,7 +108,6 @@ class MonitoringHistory:
 
     def __init__(self, store: Store):
         self.store = store
-        HistoryBase.metadata.create_all(store.engine)
 
     def _session(self) -> Session:
         return Session(self.store.engine, expire_on_commit=False)

@@ -1,8 +1,8 @@
 """Persistence of scores, audit records, drift encodings and true outcomes.
 
 One `Store` over SQLAlchemy 2.x: SQLite by default (`sqlite:///var/lang1ops.sqlite`), PostgreSQL
-by URL (`postgresql+psycopg://user@host:5432/db`), the same code for both. Tables are created
-if missing when a `Store` is constructed.
+by URL (`postgresql+psycopg://user@host:5432/db`), the same code for both. Every table of the
+store is created and migrated by `serving.migrations` (Alembic) when a `Store` is constructed.
 
 Note text is PHI and never reaches this module: a scored note is identified by its FHIR
 reference and the sha256 of its text. Identifier columns are bounded strings without
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("api", "subscription", "bulk", "cds")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# pg_advisory_xact_lock key serialising create_all across replicas starting together ("l1op").
+# pg_advisory_xact_lock key serialising migrations across replicas starting together ("l1op").
 _SCHEMA_LOCK_KEY = 0x6C316F70
 
 # Identifier columns: bounded, no whitespace (a note sentence cannot pass).
@@ -620,7 +620,9 @@ class Store:
             connection = session.connection()
             if self.backend == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            Base.metadata.create_all(connection)
+            from serving.migrations import migrate
+
+            migrate(connection)  # every table of the store, in one place (serving/migrations)
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:

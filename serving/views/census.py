@@ -123,13 +123,12 @@ def stay_of_encounter(encounter: dict, inpatient_classes: Iterable[str]) -> Stay
 
 
 class Census:
-    """The census table on a store's engine (created if missing)."""
+    """The census table on a store's engine (created by the store's migrations)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         # writes take SQLite's write lock up front (as the Store does), so they wait instead of failing
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
-        CensusBase.metadata.create_all(engine)
 
     def upsert(self, stays: Iterable[Stay]) -> int:
         """Insert or replace stays by encounter id (the newest load wins). Returns the count."""

@@ -64,7 +64,6 @@ class OutreachLog:
         self.engine = engine
         # writes take SQLite's write lock up front (as the Store does), so they wait instead of failing
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
-        OutreachBase.metadata.create_all(engine)
 
     def record(self, encounter_id: str, patient_id: str | None, status: OutreachStatus | str, actor: str,
                role: str | None = None, request_id: str | None = None) -> Outreach:

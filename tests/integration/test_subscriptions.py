@@ -411,7 +411,7 @@ def test_queue_on_postgresql(postgres_url):  # noqa: F811
     from sqlalchemy import text
 
     with Store(postgres_url).engine.begin() as connection:  # a clean table: the server is shared by the session
-        connection.execute(text("DROP TABLE IF EXISTS work_jobs"))
+        connection.execute(text("DELETE FROM work_jobs"))
     check_queue_semantics(postgres_url)
     with Store(postgres_url).engine.begin() as connection:
         connection.execute(text("DELETE FROM work_jobs"))

@@ -90,5 +90,6 @@ def test_monthly_auroc_counts_each_encounter_once_for_one_model_version(labeled)
     # the same encounters scored again by a new version: still each encounter once, one version
     add_scores(store, 300, FEB, np.random.default_rng(9), prefix="perf", version="v0002",
                readmission=np.full(300, 0.5))
+    now = datetime.now(UTC)  # the new scores were written after the first `now`
     [row] = [r for r in monthly_auroc(store, DEFAULT_CONTRACT, now, months=2) if r["task"] == "readmission"]
     assert row["n"] == 270 and row["model_version"] == "v0002" and row["auroc"] == pytest.approx(0.5)

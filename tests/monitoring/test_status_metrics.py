@@ -30,7 +30,7 @@ def store(request, tmp_path):
     store = Store(url)
     with store.engine.begin() as connection:  # the session's server is shared: start from empty tables
         for table in ("monitoring_drift_runs", "monitoring_performance", "monitoring_loop_events", "outcomes"):
-            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+            connection.exec_driver_sql(f"DELETE FROM {table}")
     return Store(url)
 
 
