@@ -41,6 +41,10 @@ class ProblemLog:
         self.max_examples = max_examples
         self._counts: Counter[str] = Counter()
         self._examples: defaultdict[str, list[Problem]] = defaultdict(list)
+        self.repairs: Counter[str] = Counter()  # what was read leniently, by kind: counted, never silent
+
+    def repaired(self, kind: str, n: int = 1) -> None:
+        self.repairs[kind] += n
 
     def add(self, problem: Problem) -> None:
         self._counts[problem.reason] += 1
@@ -60,6 +64,7 @@ class ProblemLog:
         return {
             "counts": self.counts(),
             "examples": {reason: [asdict(p) for p in self._examples[reason]] for reason in self.counts()},
+            "repairs": dict(sorted(self.repairs.items())),
         }
 
 
@@ -232,7 +237,9 @@ def _resources_in(value: object, where: str, problems: ProblemLog) -> Iterator[t
         )
         return
     entries = value.get("entry") or []
-    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+    entries = entries if isinstance(entries, list) else []
+    _resolve_bundle_references(entries, problems)
+    for i, entry in enumerate(entries):
         entry_where = f"{where}#entry[{i}]" if "#" not in where else f"{where}.entry[{i}]"
         if isinstance(entry, dict) and "resource" in entry:
             yield from _resources_in(entry["resource"], entry_where, problems)
@@ -242,6 +249,48 @@ def _resources_in(value: object, where: str, problems: ProblemLog) -> Iterator[t
             method = request.get("method") if isinstance(request, dict) else None
             detail = f"request method {method}"[:40] if isinstance(method, str) else ""
             problems.add(Problem("entry-without-resource", entry_where, detail=detail))
+
+
+def _resolve_bundle_references(entries: list, problems: ProblemLog) -> None:
+    """Point references made through an entry's fullUrl ("urn:uuid:...", as Synthea and most
+    transaction Bundles write them, or an absolute URL) at "Type/id", so a reader sees the
+    same references it would in Bulk Data ndjson. A resource without an id gets the uuid of its
+    urn:uuid fullUrl. Counted as repairs ("bundle-reference", "bundle-id")."""
+    targets: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        resource, full_url = entry["resource"], entry.get("fullUrl")
+        kind = resource.get("resourceType")
+        if not isinstance(full_url, str) or not isinstance(kind, str):
+            continue
+        if not isinstance(resource.get("id"), str) and full_url.startswith("urn:uuid:"):
+            resource["id"] = full_url.removeprefix("urn:uuid:")
+            problems.repaired("bundle-id")
+        if isinstance(resource.get("id"), str):
+            targets[full_url] = f"{kind}/{resource['id']}"
+    if not targets:
+        return
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            _rewrite_references(entry["resource"], targets, problems)
+
+
+def _rewrite_references(value: object, targets: dict[str, str], problems: ProblemLog, depth: int = 0) -> None:
+    if depth > 64:  # FHIR nests a dozen levels; deeper is not a resource
+        return
+    if isinstance(value, dict):
+        reference = value.get("reference")
+        if isinstance(reference, str) and reference in targets:
+            value["reference"] = targets[reference]
+            problems.repaired("bundle-reference")
+        for child in value.values():
+            if isinstance(child, dict | list):
+                _rewrite_references(child, targets, problems, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            if isinstance(child, dict | list):
+                _rewrite_references(child, targets, problems, depth + 1)
 
 
 def _issue_codes(outcome: dict) -> str:

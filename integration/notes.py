@@ -40,6 +40,7 @@ NOTE_ERRORS: dict[str, tuple[str, int]] = {
     "unresolvable-attachment": ("not-found", 422),
     "empty-text": ("value", 422),
     "too-large": ("too-long", 413),
+    "fhir-r5": ("not-supported", 422),
 }
 
 
@@ -96,6 +97,9 @@ def note_from_resource(
         raise NoteError(
             "not-a-note", f"{resource_type[:64]} is not a note; expected one of {', '.join(_MODELS)}"
         )
+    if _looks_like_r5(resource):
+        raise NoteError("fhir-r5", f"{resource_type} looks like FHIR R5 (context is a list of references); "
+                                   "lang1-ops reads FHIR R4: export R4 resources")
     model = _validate(_MODELS[resource_type], resource, resource_type)
 
     if isinstance(model, Composition):
@@ -137,9 +141,12 @@ def _encounter_date_and_type(model: Any) -> tuple[Any, Any, Any]:
     return model.encounter, model.date, model.type
 
 
+LOINC_SYSTEMS = frozenset({LOINC, "urn:oid:2.16.840.1.113883.6.1"})  # LOINC by URL or by its OID
+
+
 def _note_type(type_codes: Iterable[tuple[str, str]], contract: TaskContract) -> NoteType | None:
     for system, code in type_codes:
-        if system == LOINC and (note_type := contract.note_type_of_loinc(code)):
+        if system in LOINC_SYSTEMS and (note_type := contract.note_type_of_loinc(code)):
             return note_type
     return None
 
@@ -192,7 +199,9 @@ def _locations(errors: Sequence[Any], limit: int = 10) -> str:
 # --- attachments --------------------------------------------------------------------------------
 
 # Preferred renditions first: plain text needs no conversion that could lose structure.
-_RANK = {"text/plain": 0, "text/html": 1, _XHTML: 1, "text/rtf": 2, "application/rtf": 2}
+_CDA_TYPES = ("application/xml", "text/xml", "application/hl7-cda+xml")  # C-CDA documents: their narrative is read
+_RANK = {"text/plain": 0, "text/html": 1, _XHTML: 1, "text/rtf": 2, "application/rtf": 2,
+         **dict.fromkeys(_CDA_TYPES, 3)}
 _UNDECLARED = len(set(_RANK.values()))  # no contentType on the attachment: learn it from its Binary
 
 
@@ -240,6 +249,8 @@ def _text_of_attachment(
     text = _decode(data, charset)
     if mime in ("text/html", _XHTML):
         text = html_to_text(text)
+    elif mime in _CDA_TYPES:
+        text = cda_narrative(text)
     elif mime in ("text/rtf", "application/rtf"):
         text = _converted_rtf(text)
     return _finish(text, max_bytes), mime
@@ -289,7 +300,23 @@ def _mime(content_type: str | None) -> tuple[str, str | None]:
 
 
 def _decode(data: bytes, charset: str | None) -> str:
-    encoding = charset or "utf-8"
+    if charset is None:
+        # no charset declared: UTF-8 if the bytes are UTF-8, else Windows-1252, the usual
+        # encoding of text exported from Windows systems, when they read as text (no control
+        # characters: binary data decodes in Windows-1252 too, but is full of them)
+        try:
+            return data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            pass
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or _CONTROL.search(text):
+            raise NoteError("undecodable-text", "attachment text has no charset and is neither UTF-8 nor "
+                                                "Windows-1252 text")
+        return text
+    encoding = charset
     try:
         if not codecs.lookup(encoding)._is_text_encoding:  # e.g. "punycode", "rot13": not a charset
             raise LookupError(encoding)
@@ -299,6 +326,9 @@ def _decode(data: bytes, charset: str | None) -> str:
     if text is None:
         raise NoteError("undecodable-text", f"attachment text is not decodable as {encoding}")
     return text.removeprefix("\ufeff")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 def _finish(text: str, max_bytes: int) -> str:
@@ -330,6 +360,8 @@ def _composition_text(composition: Composition) -> str:
             walk(section.section)
 
     walk(composition.section)
+    if not narratives and composition.text and composition.text.div:  # the narrative of the whole document
+        return html_to_text(composition.text.div)
     if not narratives:
         raise NoteError("no-content", "Composition has no section narrative")
     return "\n\n".join(blocks) if any(narratives) else ""
@@ -411,6 +443,38 @@ class _TextExtractor(HTMLParser):
             self.parts.append("\n" * min(self._pending_breaks, 2))
         self._pending_breaks = 0
         self.parts.append(data)
+
+
+def _looks_like_r5(resource: dict) -> bool:
+    """An R5 DocumentReference's `context` is a list of References (R4: one object)."""
+    return resource.get("resourceType") == "DocumentReference" and isinstance(resource.get("context"), list)
+
+
+_CDA = "{urn:hl7-org:v3}"
+
+
+def cda_narrative(xml: str) -> str:
+    """The human-readable narrative of a C-CDA document: each section's title and text, nested
+    sections after their parent (the coded entries are not the note)."""
+    import xml.etree.ElementTree as ElementTree
+
+    if "<!ENTITY" in xml[:4096] or "<!DOCTYPE" in xml[:4096]:
+        raise NoteError("undecodable-text", "C-CDA with a DTD or entity declarations is refused")
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise NoteError("undecodable-text", f"C-CDA is not well-formed XML (line {exc.position[0]})") from None
+    blocks = []
+    for section in root.iter(f"{_CDA}section"):
+        title = section.find(f"{_CDA}title")
+        text = section.find(f"{_CDA}text")
+        body = " ".join(" ".join(text.itertext()).split()) if text is not None else ""
+        heading = " ".join("".join(title.itertext()).split()) if title is not None else ""
+        if body:
+            blocks.append(f"{heading}\n{body}" if heading else body)
+    if not blocks:
+        raise NoteError("no-content", "C-CDA document has no section narrative")
+    return "\n\n".join(blocks)
 
 
 def html_to_text(html: str) -> str:

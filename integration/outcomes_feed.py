@@ -71,8 +71,8 @@ def readmission_matures_at(enc: EncounterRecord, maturity_days: int) -> datetime
 def feed_outcomes(source: Path, store: Store, settings: OutcomesFeedSettings | None = None, *,
                   as_of: datetime | None = None, contract: TaskContract = DEFAULT_CONTRACT) -> OutcomesSummary:
     """Record the outcomes found in the export at `source` (see the module docstring).
-    `as_of` is the data's cut-off; by default the export's transactionTime, else the latest
-    time seen in the data."""
+    `as_of` is the data's cut-off; by default the latest encounter time in the data (never the
+    export's transactionTime: see training.labels.HospitalRecords.load)."""
     settings = settings or OutcomesFeedSettings()
     records = HospitalRecords.load(Path(source), contract, as_of=as_of)
     summary = OutcomesSummary(as_of=records.data_end, source_problems=records.problems.counts())

@@ -232,26 +232,51 @@ def build_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the patient-level 8:1:1 split.")] = 0,
     as_of: Annotated[
-        str | None, typer.Option(help="Data horizon for censoring (default: the manifest's transactionTime).")
+        str | None, typer.Option(help="Data horizon for censoring: a date (its end, hospital time) or a datetime with "
+                                      "an offset (default: the latest encounter time in the data, never the manifest's "
+                                      "transactionTime, which says when the export ran).")
     ] = None,
 ) -> None:
     """Label a hospital's notes with the paper's five tasks and split them by time."""
-    from datetime import UTC, datetime, time
-
     from training.dataset import DatasetSpec, Window, build_dataset
 
+    settings = get_settings()
     try:
         spec = DatasetSpec(Window.parse(train_window, "train"), [Window.parse(t) for t in temporal or []], seed)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    horizon = datetime.combine(_parse_date(as_of, "--as-of"), time(23, 59, 59), tzinfo=UTC) if as_of else None
+    horizon = _parse_horizon(as_of, settings.data.timezone) if as_of else None
     with progress_bar() as progress:
         bar = progress.add_task(f"Reading and labeling {fhir}", total=_export_size(fhir))
-        summary = build_dataset(fhir, out, spec, as_of=horizon, on_resource=lambda: progress.advance(bar))
+        summary = build_dataset(fhir, out, spec, as_of=horizon, on_resource=lambda: progress.advance(bar),
+                                data=settings.data)
     print_dataset_summary(summary)
+    if not any(cell["n"] for per_split in summary.tasks.values() for cell in per_split.values()):
+        stdout.print("[bold red]No labeled notes:[/] the export yielded nothing to train on; the reasons above say why "
+                     "(docs/data.md, \"Bringing your hospital's export\").")
+        raise typer.Exit(code=1)
+
+
+def _parse_horizon(value: str, timezone: str):
+    """A date (the end of that day in the hospital's time zone) or a datetime with an offset."""
+    from datetime import date, datetime, time
+    from zoneinfo import ZoneInfo
+
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time(23, 59, 59), tzinfo=ZoneInfo(timezone))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither a date (YYYY-MM-DD) nor a datetime with an offset",
+                                 param_hint="--as-of") from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter(f"{value!r} has no offset (e.g. 2024-12-31T23:59:59-05:00)", param_hint="--as-of")
+    return moment
 
 
 def print_dataset_summary(summary) -> None:
+    stdout.print(f"Data horizon: {summary.data_end} ({summary.horizon_source}); calendar days counted in "
+                 f"{summary.timezone}")
     table = Table(title=f"Labeled notes per task and split (data until {summary.data_end})")
     for column, justify in (("task", "left"), ("split", "left"), ("notes", "right"), ("class %", "right")):
         table.add_column(column, justify=justify)
@@ -276,6 +301,14 @@ def print_dataset_summary(summary) -> None:
     stdout.print(excluded)
     problems = summary.problems.get("counts", {})
     stdout.print("Resources not usable: " + (", ".join(f"{r}: {n:,}" for r, n in problems.items()) if problems else "none"))
+    sources = summary.cci_code_sources
+    stdout.print("Stays given ICD-10 codes (CCI), by source: " + (", ".join(f"{r}: {n:,}" for r, n in sources.items())
+                                                               if sources else "none"))
+    if summary.snomed_only_conditions:
+        stdout.print(f"[yellow]{summary.snomed_only_conditions:,} Conditions are coded in SNOMED CT only:[/] the Charlson "
+                     "index needs ICD-10 codes, so they add nothing to CCI (export ICD-10-CM codes or a crosswalk)")
+    repairs = summary.problems.get("repairs", {})
+    stdout.print("Read leniently (repaired): " + (", ".join(f"{r}: {n:,}" for r, n in repairs.items()) if repairs else "none"))
     stdout.print(f"Written to {summary.out_dir}")
 
 

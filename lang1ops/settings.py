@@ -18,6 +18,7 @@ from integration.config import IntegrationSettings
 from monitoring.config import MonitoringSettings
 from serving.config import ServingSettings
 from serving.views.config import ViewsSettings
+from training.data_config import DataSettings
 
 
 class ModelSettings(BaseModel):
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     integration: IntegrationSettings = Field(default_factory=IntegrationSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     views: ViewsSettings = Field(default_factory=ViewsSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
 
 
 @lru_cache(maxsize=1)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from lang1ops.tasks import DEFAULT_CONTRACT, TaskContract
+from training.data_config import DataSettings
 from training.labels import HospitalRecords, NoLabel, label_note
 
 SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -115,16 +116,21 @@ class DatasetSummary:
     tasks: dict[str, dict[str, dict]]  # task -> split -> {"n", "counts", "prevalence"}
     excluded: dict[str, dict[str, int]]  # task -> reason -> count
     notes_excluded: dict[str, int]  # reason -> count (notes not in any window, not a task note type, ...)
-    problems: dict  # resources that could not be used, by reason (ProblemLog.to_dict())
+    problems: dict  # resources that could not be used, by reason, and repairs (ProblemLog.to_dict())
     contract: dict
+    horizon_source: str = "latest encounter time in the data"  # or "--as-of"
+    timezone: str = "UTC"  # the hospital's, in which calendar days were counted
+    cci_code_sources: dict = field(default_factory=dict)  # stays given ICD-10 codes by each source
+    snomed_only_conditions: int = 0  # Conditions without an ICD-10 code (CCI needs ICD-10)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=str)
 
 
 def build_dataset(fhir_path: Path, out_dir: Path, spec: DatasetSpec, contract: TaskContract = DEFAULT_CONTRACT,
-                  as_of: datetime | None = None, on_resource=None, records: HospitalRecords | None = None) -> DatasetSummary:
-    records = records or HospitalRecords.load(fhir_path, contract, as_of=as_of, on_resource=on_resource)
+                  as_of: datetime | None = None, on_resource=None, records: HospitalRecords | None = None,
+                  data: DataSettings | None = None) -> DatasetSummary:
+    records = records or HospitalRecords.load(fhir_path, contract, as_of=as_of, on_resource=on_resource, data=data)
     windows = [spec.train_window, *spec.temporal_windows]
     note_rows: list[dict] = []
     label_rows: list[dict] = []
@@ -178,6 +184,8 @@ def build_dataset(fhir_path: Path, out_dir: Path, spec: DatasetSpec, contract: T
         notes_per_split={s: int((notes["split"] == s).sum()) for s in splits},
         tasks=_task_table(labels, contract, splits), excluded={t: dict(c) for t, c in excluded.items()},
         notes_excluded=dict(notes_excluded), problems=records.problems.to_dict(), contract=contract.model_dump(mode="json"),
+        horizon_source=records.horizon_source, timezone=records.data.timezone,
+        cci_code_sources=dict(sorted(records.code_sources.items())), snomed_only_conditions=records.snomed_only_conditions,
     )
     (out_dir / "dataset.json").write_text(summary.to_json() + "\n")
     return summary

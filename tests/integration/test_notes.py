@@ -301,7 +301,8 @@ def test_composition_with_nested_sections():
                 {
                     "attachment": {
                         "contentType": "text/plain",
-                        "data": base64.b64encode(b"\xff\xfe\xfa").decode(),
+                        # not UTF-8, and control characters in Windows-1252: not text at all
+                        "data": base64.b64encode(b"\xff\x01\x02\xfa").decode(),
                     }
                 }
             ),

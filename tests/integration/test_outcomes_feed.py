@@ -73,7 +73,8 @@ def stored(store: Store) -> dict:
 def test_recorded_outcomes_are_the_training_labels_and_a_rerun_changes_nothing(hospital, records, tmp_path):
     store = scored_store(tmp_path / "s.sqlite", records)
     summary = feed_outcomes(hospital, store)
-    assert summary.as_of == datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC)  # the manifest's transactionTime
+    # the latest encounter time in the export (not the manifest's transactionTime)
+    assert summary.as_of == max(t for e in records.encounters.values() for t in (e.start, e.end) if t)
     expected = expected_outcomes(records, summary.as_of)
     assert stored(store) == expected and summary.recorded == len(expected)
     tasks = {task for _, task in expected}

@@ -37,3 +37,19 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     result = runner.invoke(app, ["data", "build", "--fhir", str(tmp_path), "--out", str(tmp_path / "d"),
                                  "--train-window", "2022-01-01:2021-01-01"])
     assert result.exit_code == 2 and "end before start" in result.output
+
+
+def test_an_export_with_nothing_to_label_fails_loudly_and_as_of_takes_an_offset(tmp_path):
+    fhir = tmp_path / "fhir"
+    fhir.mkdir()
+    # only notes, no encounters: nothing can be labeled
+    (fhir / "DocumentReference.ndjson").write_text(json.dumps({
+        "resourceType": "DocumentReference", "id": "n1", "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "34117-2"}]}, "subject": {"reference": "Patient/p"},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "SFBJOiBjb3VnaA=="}}]}) + "\n")
+    args = ["data", "build", "--fhir", str(fhir), "--out", str(tmp_path / "d"), "--train-window", "2019-01-01:2022-12-31"]
+    result = runner.invoke(app, [*args, "--as-of", "2024-12-31T23:59:59-05:00"])
+    assert result.exit_code == 1, result.output
+    assert "No labeled notes" in result.output and "no-encounter" in result.output and "--as-of" in result.output
+    result = runner.invoke(app, [*args, "--as-of", "2024-12-31T23:59:59"])
+    assert result.exit_code == 2 and "no offset" in result.output

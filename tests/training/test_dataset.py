@@ -169,7 +169,7 @@ def test_dataset_json_matches_a_hand_count(built):
         "cci": {"no-diagnosis-codes": 4},  # f1, d1, e2, g1
         "denial": {"no-claim": 4, "claim-pending": 1},  # no claim: f1, e1, e2, g1; pending: c1
     }
-    assert info["problems"] == {"counts": {}, "examples": {}}
+    assert info["problems"] == {"counts": {}, "examples": {}, "repairs": {}}
 
     # a few cells spelled out
     assert info["tasks"]["los"]["train"] == {"n": 2, "counts": [0, 1, 0, 1], "prevalence": [0.0, 0.5, 0.0, 0.5]}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from training.data_config import DataSettings
 from training.labels import HospitalRecords, NoLabel, label_note, los_days
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -175,9 +176,9 @@ def instant(value: str | None) -> datetime | None:
 
 
 def load(tmp_path: Path, *resources: dict, as_of: str | None = None,
-         transaction_time: str | None = None) -> HospitalRecords:
+         transaction_time: str | None = None, timezone: str = "UTC") -> HospitalRecords:
     return HospitalRecords.load(export(tmp_path / "fhir", *resources, transaction_time=transaction_time),
-                                as_of=instant(as_of))
+                                as_of=instant(as_of), data=DataSettings(timezone=timezone))
 
 
 def labels_of(records: HospitalRecords, note_id: str) -> dict[str, int | str]:
@@ -288,7 +289,8 @@ def test_follow_up_shorter_than_30_days(tmp_path):
 
 @pytest.mark.parametrize("transaction_time, as_of, expected", [
     pytest.param(at(29), None, "follow-up-incomplete", id="manifest-29-days"),
-    pytest.param(at(31), None, 0, id="manifest-31-days"),
+    # the export ran a month later than its last data: when it ran says nothing about follow-up
+    pytest.param(at(31), None, "follow-up-incomplete", id="manifest-time-is-not-the-horizon"),
     pytest.param(at(29), at(31), 0, id="as-of-overrides-manifest-later"),
     pytest.param(at(31), at(29), "follow-up-incomplete", id="as-of-overrides-manifest-earlier"),
     pytest.param(None, at(31), 0, id="as-of-without-manifest"),
@@ -367,21 +369,29 @@ def test_stay_without_discharge_has_no_hp_labels(tmp_path):
 # --- length of stay ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start, end, days, los_bin", [
-    pytest.param("2024-03-01T08:00:00Z", "2024-03-01T20:00:00Z", 0, 0, id="same-day"),
-    pytest.param("2024-03-01T23:00:00Z", "2024-03-02T01:00:00Z", 1, 0, id="across-midnight-2h"),
-    pytest.param("2024-03-01T23:00:00-05:00", "2024-03-02T01:00:00-05:00", 1, 0, id="local-midnight"),
-    pytest.param("2024-03-01T00:30:00Z", "2024-03-03T23:30:00Z", 2, 0, id="2-days"),
-    pytest.param("2024-03-01T23:59:00Z", "2024-03-04T00:01:00Z", 3, 1, id="3-days"),
-    pytest.param("2024-03-01T10:00:00Z", "2024-03-05T10:00:00Z", 4, 2, id="4-days"),
-    pytest.param("2024-03-01T10:00:00Z", "2024-03-06T09:00:00Z", 5, 2, id="5-days"),
-    pytest.param("2024-03-01T10:00:00Z", "2024-03-07T09:00:00Z", 6, 3, id="6-days"),
-    pytest.param("2024-02-27T10:00:00Z", "2024-03-12T09:00:00Z", 14, 3, id="across-leap-day"),
+@pytest.mark.parametrize("start, end, days, los_bin, zone", [
+    pytest.param("2024-03-01T08:00:00Z", "2024-03-01T20:00:00Z", 0, 0, "UTC", id="same-day"),
+    pytest.param("2024-03-01T23:00:00Z", "2024-03-02T01:00:00Z", 1, 0, "UTC", id="across-midnight-2h"),
+    pytest.param("2024-03-01T23:00:00-05:00", "2024-03-02T01:00:00-05:00", 1, 0, "America/New_York", id="local-midnight"),
+    # the same stay written in UTC: still one of the hospital's midnights in between
+    pytest.param("2024-03-02T04:00:00Z", "2024-03-02T06:00:00Z", 1, 0, "America/New_York", id="local-midnight-in-utc"),
+    # one UTC day, but 23:30 and 00:30 in Paris: a night in the hospital's calendar
+    pytest.param("2024-03-01T22:30:00Z", "2024-03-01T23:30:00Z", 1, 0, "Europe/Paris", id="paris-midnight-in-utc"),
+    pytest.param("2024-03-01T00:30:00Z", "2024-03-03T23:30:00Z", 2, 0, "UTC", id="2-days"),
+    pytest.param("2024-03-01T23:59:00Z", "2024-03-04T00:01:00Z", 3, 1, "UTC", id="3-days"),
+    pytest.param("2024-03-01T10:00:00Z", "2024-03-05T10:00:00Z", 4, 2, "UTC", id="4-days"),
+    pytest.param("2024-03-01T10:00:00Z", "2024-03-06T09:00:00Z", 5, 2, "UTC", id="5-days"),
+    pytest.param("2024-03-01T10:00:00Z", "2024-03-07T09:00:00Z", 6, 3, "UTC", id="6-days"),
+    pytest.param("2024-02-27T10:00:00Z", "2024-03-12T09:00:00Z", 14, 3, "UTC", id="across-leap-day"),
 ])
-def test_length_of_stay_in_calendar_days(tmp_path, start, end, days, los_bin):
-    records = load(tmp_path, patient(), stay("e1", start, end), note("hp", "e1"))
+def test_length_of_stay_in_calendar_days(tmp_path, start, end, days, los_bin, zone):
+    # midnights are counted in the hospital's time zone (settings data.timezone), whatever offset
+    # each timestamp is written in
+    records = load(tmp_path, patient(), stay("e1", start, end), note("hp", "e1"), timezone=zone)
     assert los_days(records.encounters["e1"]) == days
     assert labels_of(records, "hp")["los"] == los_bin
+
+
 
 
 def test_discharge_before_admission_is_an_invalid_period(tmp_path):

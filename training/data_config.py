@@ -1,0 +1,33 @@
+"""Settings of reading a hospital's export into labeled data (a section of lang1ops.settings.Settings):
+the hospital's time zone and the site's local codes mapped to the standard ones the label
+rules read."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class DataSettings(BaseModel):
+    timezone: str = Field(
+        "UTC", description="The hospital's IANA time zone. Calendar days (LOS, a date-only death, the 30 days of "
+        "readmission) are counted in it, as a bed manager counts midnights; a timestamp without an offset is read "
+        "in it (counted as a repair).")
+    encounter_class_map: dict[str, str] = Field(
+        default_factory=dict, description="Local Encounter.class codes -> v3 ActCode (IMP, ACUTE, NONAC, EMER, AMB...), "
+        "e.g. an Epic-style {'1': 'IMP'}.")
+    discharge_disposition_map: dict[str, str] = Field(
+        default_factory=dict, description="Local discharge disposition codes -> HL7 discharge-disposition codes "
+        "(home, exp, other-hcf, snf, ...).")
+    note_type_map: dict[str, str] = Field(
+        default_factory=dict, description="Local note type codes -> LOINC (e.g. {'H&P': '34117-2'}).")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
