@@ -122,7 +122,7 @@ def parse_notification(bundle: Any) -> Notification:
             topic = _value(parameter, "valueCanonical", "valueUri")
         elif name == "notification-event":
             raw_events.append(parameter.get("part"))
-    if kind not in NOTIFICATION_TYPES:
+    if not isinstance(kind, str) or kind not in NOTIFICATION_TYPES:
         raise NotificationError("value", f"SubscriptionStatus.type must be one of {', '.join(NOTIFICATION_TYPES)}")
     notification = Notification(kind, subscription if isinstance(subscription, str) else None,
                                 topic if isinstance(topic, str) else None)
@@ -140,7 +140,7 @@ def parse_notification(bundle: Any) -> Notification:
     for number, parts in enumerate(raw_events, start=1):
         if not isinstance(parts, list):
             raise NotificationError("structure", f"notification-event {number} has no parts")
-        by_name = {p.get("name"): p for p in parts if isinstance(p, dict)}
+        by_name = {p["name"]: p for p in parts if isinstance(p, dict) and isinstance(p.get("name"), str)}
         focus = by_name.get("focus")
         if focus is None or not isinstance(focus.get("valueReference"), dict):
             raise NotificationError("required", f"notification-event {number} has no focus reference "
@@ -149,6 +149,8 @@ def parse_notification(bundle: Any) -> Notification:
                                                f"notification-event {number} focus")
         version = version or versions.get(f"{rtype}/{rid}")
         event_number = by_name.get("event-number", {}).get("valueString")
+        if isinstance(event_number, dict | list):
+            raise NotificationError("value", f"notification-event {number}: event-number must be a string")
         if version is not None and not isinstance(version, str):
             raise NotificationError("value", f"notification-event {number}: meta.versionId must be a string")
         notification.events.append(NotificationEvent(rtype, rid, version,

@@ -150,6 +150,19 @@ def test_handshake_and_heartbeat_are_acknowledged_and_queue_nothing(api):
     assert WorkQueue(api.app.state.store).counts(QUEUE) == {}
 
 
+@pytest.mark.parametrize("body", [
+    {"resourceType": "Bundle", "type": "history", "entry": [{"resource": {
+        "resourceType": "Parameters", "parameter": [{"name": "type", "valueCode": {"x": 1}}]}}]},
+    {"resourceType": "Bundle", "type": "history", "entry": [{"resource": {
+        "resourceType": "Parameters", "parameter": [{"name": "type", "valueCode": "event-notification"},
+                                                    {"name": "notification-event", "part": [
+                                                        {"name": ["focus"], "valueReference": {}}]}]}}]},
+], ids=["type-an-object", "part-name-a-list"])
+def test_found_by_fuzzing_unhashable_values_are_a_400(api, body):
+    r = post(api, body)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", r.text
+
+
 @pytest.mark.parametrize("body, code", [
     ({"resourceType": "Parameters"}, "structure"),
     ({"resourceType": "Bundle", "type": "batch", "entry": []}, "value"),
