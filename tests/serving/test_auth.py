@@ -220,9 +220,10 @@ def test_garbage_token_is_401(inline_auth, token):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"exp": int(time.time()) - 120}, "token expired"),
-        ({"nbf": int(time.time()) + 600}, "token not yet valid (iat or nbf in the future)"),
-        ({"iat": int(time.time()) + 600}, "token not yet valid (iat or nbf in the future)"),
+        # times relative to when the test runs (a long suite runs it many minutes after collection)
+        ({"exp": -120}, "token expired"),
+        ({"nbf": 600}, "token not yet valid (iat or nbf in the future)"),
+        ({"iat": 600}, "token not yet valid (iat or nbf in the future)"),
         ({"aud": "some-other-api"}, "token audience not accepted"),
         ({"iss": "https://evil.example/"}, "token issuer not accepted"),
         ({"exp": None}, "token lacks required claim exp"),
@@ -233,6 +234,8 @@ def test_garbage_token_is_401(inline_auth, token):
     ],
 )
 def test_invalid_claims_are_401(inline_auth, rsa_key, overrides, message):
+    now = int(time.time())
+    overrides = {k: now + v if k in ("exp", "nbf", "iat") and isinstance(v, int) else v for k, v in overrides.items()}
     token = make_token(rsa_key, **overrides)
     assert rejected(inline_auth, bearer(token), token).message == message
 
