@@ -276,7 +276,7 @@ def _parse_horizon(value: str, timezone: str):
 
 def print_dataset_summary(summary) -> None:
     stdout.print(f"Data horizon: {summary.data_end} ({summary.horizon_source}); calendar days counted in "
-                 f"{summary.timezone}")
+                 f"{summary.timezone}; denial label: {summary.denial_definition}")
     table = Table(title=f"Labeled notes per task and split (data until {summary.data_end})")
     for column, justify in (("task", "left"), ("split", "left"), ("notes", "right"), ("class %", "right")):
         table.add_column(column, justify=justify)

@@ -4,6 +4,7 @@ rules read."""
 
 from __future__ import annotations
 
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
@@ -20,6 +21,12 @@ class DataSettings(BaseModel):
     discharge_disposition_map: dict[str, str] = Field(
         default_factory=dict, description="Local discharge disposition codes -> HL7 discharge-disposition codes "
         "(home, exp, other-hcf, snf, ...).")
+    denial_definition: Literal["any-denial", "appealed"] = Field(
+        "any-denial", description="any-denial: positive when any EOB of the stay's claim carries a denial "
+        "(an initial denial counts whatever the appeal decided); no claim is no label. appealed: the paper's "
+        "definition, positive when the claim was denied and its appeal reached a final determination, adverse "
+        "or favourable (an EOB related to the prior claim, or a second EOB after the denial); everything else "
+        "negative, a stay without a claim included. Recorded in dataset.json.")
     note_type_map: dict[str, str] = Field(
         default_factory=dict, description="Local note type codes -> LOINC (e.g. {'H&P': '34117-2'}).")
 

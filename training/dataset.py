@@ -122,6 +122,7 @@ class DatasetSummary:
     timezone: str = "UTC"  # the hospital's, in which calendar days were counted
     cci_code_sources: dict = field(default_factory=dict)  # stays given ICD-10 codes by each source
     snomed_only_conditions: int = 0  # Conditions without an ICD-10 code (CCI needs ICD-10)
+    denial_definition: str = "any-denial"  # which denial label this dataset holds (training.data_config)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=str)
@@ -186,6 +187,7 @@ def build_dataset(fhir_path: Path, out_dir: Path, spec: DatasetSpec, contract: T
         notes_excluded=dict(notes_excluded), problems=records.problems.to_dict(), contract=contract.model_dump(mode="json"),
         horizon_source=records.horizon_source, timezone=records.data.timezone,
         cci_code_sources=dict(sorted(records.code_sources.items())), snomed_only_conditions=records.snomed_only_conditions,
+        denial_definition=records.data.denial_definition,
     )
     (out_dir / "dataset.json").write_text(summary.to_json() + "\n")
     return summary

@@ -17,8 +17,10 @@ one note, each task's label or the reason it has none. The rules (docs/data.md):
   (settings data.timezone), binned 0-2, 3, 4-5, >5.
 - CCI (H&P): Charlson index (Quan ICD-10, Charlson weights) of the ICD-10 codes of the
   encounter's Conditions; encounters without ICD-10 codes are excluded.
-- denial (H&P): the claim for the stay was denied at least once (a CARIN `denialreason`
-  adjudication on any EOB), whatever an appeal later decided; unknown while no EOB exists.
+- denial (H&P), by settings data.denial_definition: "any-denial" (the default here), the claim
+  for the stay was denied at least once (a CARIN `denialreason` adjudication on any EOB),
+  whatever an appeal later decided, unknown while no EOB exists or without a claim; "appealed"
+  (the paper's), denied and then decided on appeal, adverse or favourable, else negative.
 
 Every stay without a finished discharge has no LOS, mortality, CCI or denial label.
 """
@@ -124,6 +126,7 @@ class ClaimRecord:
     encounter_ids: set[str]
     eob_count: int = 0
     denied: bool = False
+    appealed: bool = False  # an appeal decision (adverse or favourable) is on record
 
 
 def _codes(concept) -> list[tuple[str | None, str | None]]:
@@ -315,6 +318,7 @@ class HospitalRecords:
             rec = self.claims.setdefault(claim_id or f"eob:{eob.id}", ClaimRecord(claim_id or eob.id, set()))
             rec.encounter_ids |= {e for e in encounters if e}
             rec.eob_count += 1
+            rec.appealed |= _is_appeal_decision(eob) or (rec.denied and rec.eob_count > 1)
             rec.denied |= _denied(eob)
             self._billed_codes[rec.id] += _diagnosis_codes(eob.diagnosis)
         for claim in self.claims.values():
@@ -437,6 +441,11 @@ def _diagnosis_codes(diagnoses) -> list[str]:
             if system in ICD10_SYSTEMS and code]
 
 
+def _is_appeal_decision(eob: ExplanationOfBenefit) -> bool:
+    """An EOB that decides on a prior claim (CARIN/X12: `related` with relationship "prior")."""
+    return any(code == "prior" for related in eob.related or [] for _, code in _codes(related.relationship))
+
+
 def _denied(eob: ExplanationOfBenefit) -> bool:
     adjudications = list(eob.adjudication or []) + [a for item in eob.item or [] for a in item.adjudication or []]
     return any(code == DENIAL_CATEGORY for a in adjudications for _, code in _codes(a.category))
@@ -537,12 +546,18 @@ def charlson(enc: EncounterRecord) -> int:
 
 
 def denial(enc: EncounterRecord, records: HospitalRecords) -> int:
+    """The label of `records.data.denial_definition` (see training.data_config.DataSettings)."""
     _finished(enc)
     claims = records.claims_by_encounter.get(enc.id, [])
+    appealed_definition = records.data.denial_definition == "appealed"
     if not claims:
+        if appealed_definition:
+            return 0  # the paper: everything that is not a final determination after appeal is negative
         raise NoLabel("no-claim")
     if not any(c.eob_count for c in claims):
         raise NoLabel("claim-pending")
+    if appealed_definition:
+        return int(any(c.denied and c.appealed for c in claims))
     return int(any(c.denied for c in claims))
 
 

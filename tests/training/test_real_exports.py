@@ -210,3 +210,20 @@ def test_r5_encounters_and_snomed_only_conditions_are_reported(tmp_path):
     records = load(tmp_path, patient(), stay("e1", at(-4), at(0)), r5, snomed, note("hp", "e1"))
     assert records.problems.counts()["fhir-r5"] == 1 and "R5" in records.problems.examples("fhir-r5")[0].detail
     assert records.snomed_only_conditions == 1 and labels_of(records, "hp")["cci"] == "no-diagnosis-codes"
+
+
+@pytest.mark.parametrize("definition, denied_only, appealed, no_claim", [
+    ("any-denial", 1, 1, "no-claim"),
+    ("appealed", 0, 1, 0),  # the paper: final determination after appeal, adverse or favourable
+])
+def test_both_denial_definitions(tmp_path, definition, denied_only, appealed, no_claim):
+    settings = DataSettings(denial_definition=definition)
+    first = eob("x1", "c1", denied=True)
+    appeal = eob("x2", "c1") | {"related": [{"claim": {"reference": "Claim/c1"},
+                                            "relationship": coded("http://terminology.hl7.org/CodeSystem/"
+                                                                  "related-claim-relationship", "prior")}]}
+    base = [patient(), stay("e1", at(-4), at(0)), note("hp", "e1")]
+    assert labels_of(load(tmp_path / "a", *base, claim("c1", "e1"), first, data=settings), "hp")["denial"] == denied_only
+    assert labels_of(load(tmp_path / "b", *base, claim("c1", "e1"), first, appeal, data=settings),
+                     "hp")["denial"] == appealed
+    assert labels_of(load(tmp_path / "c", *base, data=settings), "hp")["denial"] == no_claim
