@@ -7,17 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from lang1ops.tasks import DEFAULT_CONTRACT
 from monitoring.alerts import AlertLog, AlertWebhookSettings, alertmanager_router
-from serving.api import create_api
-from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
-from serving.backends import LocalBackend, ResolvedModel
+from serving.auth import hash_api_key
 from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
-from training.artifacts import zero_shot_artifact
+from tests.support import api_client
 
 KEYS = {"admin": "k-admin-alerts", "scorer": "k-scorer-alerts"}
 ALERTMANAGER_TOKEN = "am-token-0451"
@@ -42,15 +38,8 @@ def payload(*alerts: dict, status: str = "firing") -> dict:
 
 @pytest.fixture(scope="module")
 def client(tiny_llama_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("alerts")
-    artifact = zero_shot_artifact(tiny_llama_dir, root / "artifact", DEFAULT_CONTRACT, max_note_tokens=64)
-    store = Store(f"sqlite:///{root / 'store.sqlite'}")
-    auth = Authenticator(AuthSettings(api_keys=[ApiKey(name=n, key_sha256=hash_api_key(k), roles={Role(n)})
-                                                for n, k in KEYS.items()]))
     router = alertmanager_router(AlertWebhookSettings(bearer_token_sha256=hash_api_key(ALERTMANAGER_TOKEN)))
-    app = create_api(LocalBackend(ResolvedModel("v0001", artifact), dtype="float32"), store, auth, routers=[router])
-    with TestClient(app, raise_server_exceptions=False) as c:
-        c.store = store
+    with api_client(tiny_llama_dir, tmp_path_factory.mktemp("alerts"), KEYS, routers=[router]) as c:
         yield c
 
 

@@ -18,7 +18,7 @@ from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
 from serving.backends import LocalBackend, ResolvedModel
 from serving.config import ApiSettings
 from serving.store import Store
-from tests.support import stored_score_of
+from tests.support import api_client, stored_score_of
 from training.artifacts import zero_shot_artifact
 
 SECRET = "ZEBRA-PHI-7731"  # a marker in note text that must never come back out
@@ -40,15 +40,8 @@ def doc(text: str = f"CC: chest pain. HPI: 70 yo M {SECRET} with CHF.", loinc: s
 
 @pytest.fixture(scope="module")
 def client(tiny_llama_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    artifact = zero_shot_artifact(tiny_llama_dir, root / "artifact", DEFAULT_CONTRACT, max_note_tokens=64)
-    store = Store(f"sqlite:///{root / 'store.sqlite'}")
-    auth = Authenticator(AuthSettings(api_keys=[ApiKey(name=n, key_sha256=hash_api_key(k), roles={Role(n)})
-                                                for n, k in KEYS.items()]))
-    app = create_api(LocalBackend(ResolvedModel("v0001", artifact), dtype="float32"), store, auth,
-                     ApiSettings(max_body_bytes=200_000, max_note_bytes=50_000))
-    with TestClient(app, raise_server_exceptions=False) as c:
-        c.store = store
+    with api_client(tiny_llama_dir, tmp_path_factory.mktemp("api"), KEYS,
+                    api_settings=ApiSettings(max_body_bytes=200_000, max_note_bytes=50_000)) as c:
         yield c
 
 
