@@ -27,6 +27,11 @@ class DataSettings(BaseModel):
         "definition, positive when the claim was denied and its appeal reached a final determination, adverse "
         "or favourable (an EOB related to the prior claim, or a second EOB after the denial); everything else "
         "negative, a stay without a claim included. Recorded in dataset.json.")
+    cci_problem_list: bool = Field(
+        False, description="Also count, for a stay's CCI, the patient's problem-list Conditions (no encounter) that "
+        "were active at admission (onset on or before it, not abated before it). Off by default: the paper reads "
+        "the codes associated with the encounter; a site whose encounter coding leaves out chronic diagnoses may "
+        "turn it on (the build report counts the stays it adds codes to).")
     note_type_map: dict[str, str] = Field(
         default_factory=dict, description="Local note type codes -> LOINC (e.g. {'H&P': '34117-2'}).")
 

@@ -174,6 +174,7 @@ class HospitalRecords:
         self._diagnosis_refs: dict[str, list[str]] = defaultdict(list)  # encounter -> Condition ids (Encounter.diagnosis)
         self._billed_codes: dict[str, list[str]] = defaultdict(list)  # claim key -> ICD-10 codes (Claim/EOB.diagnosis)
         self.code_sources: Counter[str] = Counter()  # stays whose CCI codes came from each source
+        self._problem_list: dict[str, list[tuple[list[str], datetime | None, datetime | None]]] = defaultdict(list)
         self.snomed_only_conditions = 0  # Conditions coded in SNOMED CT alone: invisible to the Charlson index
         self._eobs: list[ExplanationOfBenefit] = []
         self._note_resources: list[tuple[dict, str]] = []
@@ -294,6 +295,12 @@ class HospitalRecords:
         encounter = reference_id(c.encounter.reference if c.encounter else None, "Encounter")
         if encounter:  # problem-list entries without an encounter count only when a stay names them
             self._conditions[encounter] += codes
+        elif codes:  # or, with data.cci_problem_list, when active at a stay's admission
+            patient = reference_id(c.subject.reference if c.subject else None, "Patient")
+            onset = aware_datetime(c.onsetDateTime) if c.onsetDateTime else None
+            abated = aware_datetime(c.abatementDateTime) if c.abatementDateTime else None
+            if patient:
+                self._problem_list[patient].append((codes, onset, abated))
 
     def _add_claim(self, c: Claim, location: str) -> None:
         encounters = {reference_id(ref.reference, "Encounter") for item in c.item or [] for ref in item.encounter or []}
@@ -377,6 +384,14 @@ class HospitalRecords:
             codes = [code for cid in condition_ids for code in self._condition_codes.get(cid, [])]
             if encounter_id in self.encounters:
                 self._add_stay_codes(encounter_id, codes, "encounter-diagnosis")
+        if self.data.cci_problem_list:
+            for stay in self.encounters.values():
+                if stay.start is None or not stay.inpatient:
+                    continue
+                codes = [code for codes, onset, abated in self._problem_list.get(stay.patient_id or "", [])
+                         if (onset is None or onset <= stay.start) and (abated is None or abated > stay.start)
+                         for code in codes]
+                self._add_stay_codes(stay.id, codes, "problem-list")
 
     def _add_stay_codes(self, encounter_id: str, codes: list[str], source: str) -> None:
         stay = self.encounters[encounter_id]

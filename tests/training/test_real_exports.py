@@ -227,3 +227,14 @@ def test_both_denial_definitions(tmp_path, definition, denied_only, appealed, no
     assert labels_of(load(tmp_path / "b", *base, claim("c1", "e1"), first, appeal, data=settings),
                      "hp")["denial"] == appealed
     assert labels_of(load(tmp_path / "c", *base, data=settings), "hp")["denial"] == no_claim
+
+
+def test_problem_list_conditions_active_at_admission_count_only_when_asked(tmp_path):
+    chronic = condition("ckd", None, "N18.4") | {"onsetDateTime": at(-400)}
+    resolved = condition("old", None, "I21.9") | {"onsetDateTime": at(-900), "abatementDateTime": at(-800)}
+    later = condition("new", None, "C34.90") | {"onsetDateTime": at(5)}
+    resources = [patient(), stay("e1", at(-4), at(0)), chronic, resolved, later, note("hp", "e1")]
+    assert labels_of(load(tmp_path / "a", *resources), "hp")["cci"] == "no-diagnosis-codes"  # the paper's default
+    records = load(tmp_path / "b", *resources, data=DataSettings(cci_problem_list=True))
+    assert records.encounters["e1"].icd10 == ["N18.4"] and labels_of(records, "hp")["cci"] == 1
+    assert records.code_sources == {"problem-list": 1}
