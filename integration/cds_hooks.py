@@ -201,7 +201,7 @@ class CdsFeedback(_CdsBase):
 
 
 class CdsTables:
-    """The CDS tables on the Store's engine (created on first use, SQLite or PostgreSQL)."""
+    """The CDS tables on the Store's engine (made by the store's migrations, SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine  # the tables come from the store's migrations (serving/migrations)
@@ -606,7 +606,7 @@ def cds_hooks_router(settings: CdsHooksSettings, verifier: CdsJwtVerifier | None
         if service is None:
             raise ApiError(404, "not-found", f"no CDS service {service_id[:64]!r}; see GET /cds-services")
         caller = await authenticate(request)
-        body = _validated(CdsRequest, await read_json_body(request, request.app.state.api_settings), "CDS request")
+        body = _validated(CdsRequest, await read_json_body(request), "CDS request")
         if body.hook != service.hook:
             raise ApiError(400, "invalid", f"service {service.id} answers the {service.hook} hook, not {body.hook[:64]}")
         for name in REQUIRED_CONTEXT[service.hook]:
@@ -706,7 +706,7 @@ def cds_hooks_router(settings: CdsHooksSettings, verifier: CdsJwtVerifier | None
         if service is None:
             raise ApiError(404, "not-found", f"no CDS service {service_id[:64]!r}")
         caller = await authenticate(request, feedback_of=service_id)
-        body = _validated(FeedbackRequest, await read_json_body(request, request.app.state.api_settings), "feedback")
+        body = _validated(FeedbackRequest, await read_json_body(request), "feedback")
         allowed = {r.code for r in settings.override_reasons}
         cds_tables = tables(request)
         rows, received = [], datetime.now(UTC)

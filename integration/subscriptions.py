@@ -176,7 +176,7 @@ ScorerPrincipal = Annotated[Principal, Depends(require_role(Role.SCORER))]
 
 
 def work_queue_of(app: Any, settings: SubscriptionSettings) -> WorkQueue:
-    """One WorkQueue per app, on the app's store (its table is created on first use)."""
+    """One WorkQueue per app, on the app's store (its table comes from the store's migrations)."""
     queue = getattr(app.state, "work_queue", None)
     if queue is None:
         queue = app.state.work_queue = WorkQueue(app.state.store, settings.queue)
@@ -196,7 +196,7 @@ def subscription_router(settings: SubscriptionSettings, run_worker: bool = True)
     async def notification(request: Request, principal: ScorerPrincipal):
         """Handshake and heartbeat are acknowledged; each DocumentReference event is queued
         durably (answered after the commit) and scored with write-back by the worker."""
-        body = await read_json_body(request, request.app.state.api_settings)
+        body = await read_json_body(request)
         try:
             parsed = parse_notification(body)
         except NotificationError as err:

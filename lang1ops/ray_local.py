@@ -24,8 +24,7 @@ import os
 import secrets
 
 LOOPBACK = "127.0.0.1"
-_LOCAL_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback stays loopback (see above)
+_LOCAL_ENV = {  # defaults a caller may override; the security settings below are forced
     "RAY_USAGE_STATS_ENABLED": "0",
     # On a busy 2-core node the HTTP proxy can take longer than Serve's 5 s readiness check to
     # import FastAPI and bind; the default would kill and restart it in a loop.
@@ -61,7 +60,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     if address is None:
         for name, value in _LOCAL_ENV.items():
             os.environ.setdefault(name, value)
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback stays loopback (see above)
         os.environ["RAY_AUTH_MODE"] = "token"  # never "disabled", whatever the environment says
         # Serve's "direct ingress" opens an unauthenticated gRPC server on [::] in each ingress
         # replica; locally every request goes through the proxy on 127.0.0.1 instead.

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from integration.notes import ClinicalNote, NoteError, note_from_resource
 from lang1ops.tasks import NoteType, TaskContract
 from monitoring import metrics as prom
-from serving.auth import Principal, Role, TokenReplayLog, require_role
+from serving.auth import Authenticator, Principal, Role, TokenReplayLog, require_role
 from serving.config import ApiSettings
 from serving.fhir_output import capability_statement, collection, operation_outcome, risk_assessments
 from serving.store import NewScore, Store
@@ -95,8 +95,10 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over `max_bytes` before reading it (declared
-    Content-Length) or while it streams (chunked, or a lying Content-Length), on every route."""
+    """ASGI middleware, the one body limit of every route: reading a body whose declared
+    Content-Length is over `max_bytes` fails before the first byte, and one that streams past it
+    (chunked, or a lying Content-Length) fails at the chunk that crosses it. The failure is an
+    HTTPException raised inside the route, so it is answered, counted and audited like any other."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -105,14 +107,13 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse(operation_outcome("too-long", f"request body over {self.max_bytes} bytes"),
-                                    status_code=413, media_type=FHIR_JSON)
-            return await response(scope, receive, send)
+        declared_too_long = declared.isdigit() and int(declared) > self.max_bytes
         received = 0
 
         async def limited_receive():
             nonlocal received
+            if declared_too_long:
+                raise BodyTooLarge(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -281,16 +282,12 @@ def parse_tasks(raw: list[str] | None) -> list[str] | None:
     return tasks or None
 
 
-async def read_json_body(request: Request, settings: ApiSettings) -> Any:
+async def read_json_body(request: Request) -> Any:
+    """The request's JSON body; its size is limited by the app's BodyLimit middleware."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in ACCEPTED_TYPES:
         raise ApiError(415, "not-supported", f"content type {media or '(none)'} is not supported; send {FHIR_JSON}")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise ApiError(413, "too-long", f"request body over {settings.max_body_bytes} bytes")
     body = await request.body()
-    if len(body) > settings.max_body_bytes:
-        raise ApiError(413, "too-long", f"request body over {settings.max_body_bytes} bytes")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -409,8 +406,8 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
                               "index, claim denial) over FHIR R4, with finetuned Lang1-style language models.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.authenticator = authenticator
-    if getattr(authenticator, "replays", False) is None:  # single-use JWTs: one replay log for every replica
-        authenticator.replays = TokenReplayLog(store)
+    if isinstance(authenticator, Authenticator) and authenticator.replays is None:
+        authenticator.replays = TokenReplayLog(store)  # single-use JWTs: one replay log for every replica
     service = ScoringService(backend, store, settings, shadow)
     app.state.service = service
     app.state.store = store
@@ -453,6 +450,8 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
             client = request.client.host if request.client else "unknown"
             await audit(request, getattr(request.state, "principal", None), "denied", exc.status_code, code,
                         f"{exc.detail} (client {client})")
+        elif exc.status_code == 413:  # a refused body, audited as every refused request is (ApiError)
+            await audit(request, getattr(request.state, "principal", None), "error", 413, code, str(exc.detail))
         return fhir(operation_outcome(code, printable(str(exc.detail))), exc.status_code,
                     headers=getattr(exc, "headers", None))
 
@@ -490,7 +489,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
                              task: Annotated[list[str] | None, Query(description="Tasks to answer (repeat or comma-separate)")] = None):
         """POST a DocumentReference, DiagnosticReport or Composition, or a Parameters carrying one
         (parameter `resource`, optional `task` codes)."""
-        body = await read_json_body(request, settings)
+        body = await read_json_body(request)
         tasks = parse_tasks(task)
         if isinstance(body, dict) and body.get("resourceType") == "Parameters":
             body, in_parameters = resource_of_parameters(body)
@@ -508,7 +507,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
     async def batch(request: Request, principal: ScorerPrincipal):
         """A `batch` Bundle whose entries are notes (request POST DocumentReference/$score or no
         request); answered with a `batch-response` Bundle, each entry succeeding or failing alone."""
-        body = await read_json_body(request, settings)
+        body = await read_json_body(request)
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or body.get("type") != "batch":
             raise ApiError(400, "invalid", "POST /fhir takes a Bundle of type batch")
         entries = body.get("entry") or []

@@ -177,12 +177,11 @@ def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.
         watch_registry(settings, versions)
 
 
-def watch_registry(settings: Settings, versions: tuple[str, str | None] | str, should_stop=lambda: False) -> None:
+def watch_registry(settings: Settings, versions: tuple[str, str | None], should_stop=lambda: False) -> None:
     """Redeploy with the new versions whenever the registry's champion (or, with shadow scoring,
     its challenger) changes: a lightweight Serve update, every replica of a deployment
-    reconfigured to the one pinned version."""
-    if isinstance(versions, str):
-        versions = (versions, None)
+    reconfigured to the one pinned version. `versions` is what is deployed now
+    (`resolved_versions`)."""
     while not should_stop():
         time.sleep(settings.serving.watch_interval_s)
         try:

@@ -93,11 +93,9 @@ def engine_for(artifact_dir: Path, backend: str) -> str:
     kind the registry can promote is servable on every profile."""
     if backend != "vllm":
         return "hf"
-    from lang1ops.artifact import ArtifactManifest, Method, ModelKind
+    from lang1ops.artifact import ArtifactManifest, ModelKind
 
-    manifest = ArtifactManifest.load(artifact_dir)
-    return "vllm" if manifest.kind == ModelKind.MC and manifest.method in (Method.FULL, Method.LORA,
-                                                                           Method.ZERO_SHOT) else "hf"
+    return "vllm" if ArtifactManifest.load(artifact_dir).kind == ModelKind.MC else "hf"
 
 
 def load_vllm(resolved: ResolvedModel, base_fallback: Path | None):

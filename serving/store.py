@@ -50,6 +50,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     select,
     text,
 )
@@ -655,18 +656,17 @@ class Store:
         if not resource_id:
             return None
         conditions = [ScoredNote.resource_type == resource_type, ScoredNote.resource_id == resource_id,
-                      ScoredNote.shadow.is_(False)]
-        differs = [(ScoredNote.patient_id.is_distinct_from(patient_id), "subject")]
-        if version_id:
-            conditions.append(ScoredNote.version_id == version_id)
-            differs += [(ScoredNote.encounter_id.is_distinct_from(encounter_id), "encounter"),
-                        (ScoredNote.text_sha256 != text_sha256, "text")]
-        else:
-            conditions.append(ScoredNote.version_id.is_(None))
-        with self._reading() as session:
-            for condition, what in differs:
-                if session.scalars(select(ScoredNote.id).where(*conditions, condition).limit(1)).first() is not None:
-                    return what
+                      ScoredNote.shadow.is_(False),
+                      ScoredNote.version_id == version_id if version_id else ScoredNote.version_id.is_(None)]
+        with self._reading() as session:  # one query: the distinct contents already scored under this identity
+            scored = session.execute(select(ScoredNote.patient_id, ScoredNote.encounter_id, ScoredNote.text_sha256)
+                                     .where(*conditions).distinct()).all()
+        if any(patient != patient_id for patient, _, _ in scored):
+            return "subject"
+        if version_id and any(encounter != encounter_id for _, encounter, _ in scored):
+            return "encounter"
+        if version_id and any(sha != text_sha256 for _, _, sha in scored):
+            return "text"
         return None
 
     def _existing(self, session: Session, key: str, model_version: str, shadow: bool) -> ScoredNote | None:
@@ -717,8 +717,6 @@ class Store:
 
     def count_scores_before(self, before: datetime) -> int:
         """How many scored notes `purge_scores(before)` would delete."""
-        from sqlalchemy import func
-
         with self._reading() as session:
             return int(session.scalar(select(func.count(ScoredNote.id)).where(
                 ScoredNote.scored_at < _aware_utc(before, "before"))) or 0)

@@ -57,7 +57,7 @@ class OutreachUpdate(BaseModel):
 
 def _tables(request: Request) -> tuple[Census, OutreachLog]:
     state = request.app.state
-    if getattr(state, "views_tables", None) is None:  # created on first use, on the store's engine
+    if getattr(state, "views_tables", None) is None:  # made once per app, on the store's engine
         state.views_tables = (Census(state.store.engine), OutreachLog(state.store.engine))
     return state.views_tables
 

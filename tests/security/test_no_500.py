@@ -186,5 +186,7 @@ def test_a_100_mb_chunked_body_is_refused_without_being_read(live, path):
 def test_a_lying_content_length_is_refused_up_front(api):
     r = api.post("/v1/score", content=b"{}", headers={"Authorization": f"Bearer {KEYS['scorer']}",
                                                       "Content-Type": "application/json",
-                                                      "Content-Length": str(10**9)})
+                                                      "Content-Length": str(10**9), "X-Request-Id": "huge-1"})
     assert_outcome(r, 413)
+    [record] = [a for a in api.store.audit_records(limit=500) if a["request_id"] == "huge-1"]
+    assert record["http_status"] == 413 and record["outcome"] == "too-long"

@@ -121,7 +121,7 @@ def test_hot_reload_under_concurrent_requests_has_no_errors_and_one_version_per_
             versions = {e["resource"]["method"]["coding"][0]["version"] for e in r.json().get("entry", [])}
             answers.append((r.status_code, r.headers.get("X-Model-Version", ""), versions))
 
-    watcher = threading.Thread(target=watch_registry, args=(service["settings"], "v0001"),
+    watcher = threading.Thread(target=watch_registry, args=(service["settings"], ("v0001", None)),
                                kwargs={"should_stop": stop.is_set}, daemon=True)
     watcher.start()
     with ThreadPoolExecutor(4) as pool:
