@@ -106,6 +106,23 @@ def hf_offline() -> None:
     assert huggingface_hub.is_offline_mode(), "huggingface_hub was imported before offline mode was set"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_behind(request: pytest.FixtureRequest):
+    """A module that starts Ray in the test process must stop it: a driver still connected when a
+    later module's own Ray cluster starts and stops has taken the whole pytest process down with
+    it (Ray's core worker exits the process when it loses its GCS)."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        pytest.fail(f"{request.module.__name__} left Ray running in the test process", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def make_tiny_tokenizer() -> Callable[..., PreTrainedTokenizerFast]:
     return build_tiny_tokenizer

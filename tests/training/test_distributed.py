@@ -7,6 +7,7 @@ Serve instances (started and shut down before it) is not what a deployment does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,8 +34,12 @@ print(json.dumps({"artifact": str(path), "steps": config.max_steps}))
 
 
 def test_two_cpu_workers_one_epoch(small_dataset, tiny_llama_dir, tmp_path):
+    # Its own session and no Ray address inherited: the training's Ray cluster, and whatever it
+    # signals when it stops, is separate from anything else in this process group.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = subprocess.run([sys.executable, "-c", TRAIN, str(small_dataset), str(tiny_llama_dir), str(tmp_path / "artifact")],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     manifest = ArtifactManifest.load(result["artifact"])
