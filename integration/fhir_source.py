@@ -293,6 +293,83 @@ def _rewrite_references(value: object, targets: dict[str, str], problems: Proble
                 _rewrite_references(child, targets, problems, depth + 1)
 
 
+class IdentifierIndex:
+    """References by business identifier (`{"type": "Encounter", "identifier": {system, value}}`,
+    no `reference`), as EHRs write them for resources they identify by MRN, account or visit
+    number: the index learns every resource's identifiers as it is read and gives such a
+    reference the "Type/id" of the one resource that carries that identifier. A resource whose
+    target is not read yet waits (`resolve(..., final=False)` is False) until the whole export
+    is read. Counted as repairs ("identifier-reference"); one that matches no resource, or more
+    than one, stays unresolved, reported as a problem ("unresolved-identifier-reference")."""
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[str, str], set[str]] = defaultdict(set)  # (system, value) -> {"Type/id"}
+
+    def learn(self, resource: dict) -> None:
+        kind, resource_id, identifiers = resource.get("resourceType"), resource.get("id"), resource.get("identifier")
+        if not isinstance(kind, str) or not isinstance(resource_id, str):
+            return
+        for identifier in identifiers if isinstance(identifiers, list) else [identifiers]:
+            if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+                self._targets[(str(identifier.get("system") or ""), identifier["value"])].add(f"{kind}/{resource_id}")
+
+    def resolve(self, resource: dict, location: str, problems: ProblemLog, final: bool) -> bool:
+        """Fill in `reference` on every identifier-only reference of `resource` that has exactly
+        one target. False when some reference has none yet and `final` is False (nothing is
+        changed then, so the resource can be tried again); with `final`, what cannot be
+        resolved is left as it is and reported."""
+        pending = list(_identifier_references(resource))
+        if not pending:
+            return True
+        matches = [self._match(ref) for ref in pending]
+        if not final and any(match is None for match in matches):
+            return False
+        for ref, match in zip(pending, matches, strict=True):
+            if match is None:
+                kind, resource_id = resource.get("resourceType"), resource.get("id")
+                problems.add(Problem("unresolved-identifier-reference", location, kind if isinstance(kind, str) else None,
+                                     resource_id if isinstance(resource_id, str) else None,
+                                     detail=f"{self._count(ref)} resources carry the identifier"))
+            else:
+                ref["reference"] = match
+                problems.repaired("identifier-reference")
+        return True
+
+    def _candidates(self, ref: dict) -> set[str]:
+        identifier, kind = ref["identifier"], ref.get("type")
+        candidates = self._targets.get((str(identifier.get("system") or ""), str(identifier.get("value"))), set())
+        return {c for c in candidates if c.startswith(kind + "/")} if isinstance(kind, str) else candidates
+
+    def _match(self, ref: dict) -> str | None:
+        candidates = self._candidates(ref)
+        return next(iter(candidates)) if len(candidates) == 1 else None
+
+    def _count(self, ref: dict) -> int:
+        return len(self._candidates(ref))
+
+
+# The elements of a FHIR Reference: an element with others (Claim.insurance has an `identifier`
+# too) is not one.
+_REFERENCE_KEYS = frozenset({"id", "extension", "reference", "type", "identifier", "display"})
+
+
+def _identifier_references(value: object, depth: int = 0) -> Iterator[dict]:
+    """Reference elements that name their target only by identifier. A resource's own
+    `identifier` (a list, or a single one on Composition) is not a reference: depth 0 is skipped."""
+    if depth > 64:
+        return
+    if isinstance(value, dict):
+        if depth and isinstance(value.get("identifier"), dict) and not value.get("reference") and value.keys() <= _REFERENCE_KEYS:
+            yield value
+        for child in value.values():
+            if isinstance(child, dict | list):
+                yield from _identifier_references(child, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            if isinstance(child, dict | list):
+                yield from _identifier_references(child, depth + 1)
+
+
 def _issue_codes(outcome: dict) -> str:
     issues = outcome.get("issue")
     codes = (

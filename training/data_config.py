@@ -18,13 +18,16 @@ class DataSettings(BaseModel):
     encounter_class_map: dict[str, str] = Field(
         default_factory=dict, description="Local Encounter.class codes -> v3 ActCode (IMP, ACUTE, NONAC, EMER, AMB...), "
         "e.g. an Epic-style {'1': 'IMP'}.")
+    default_encounter_class: str | None = Field(
+        None, description="The v3 ActCode an Encounter without a class gets (e.g. 'IMP' for an export of inpatient "
+        "stays only; counted as a repair). Unset: such a stay's notes are dropped as no-encounter-class.")
     discharge_disposition_map: dict[str, str] = Field(
         default_factory=dict, description="Local discharge disposition codes -> HL7 discharge-disposition codes "
         "(home, exp, other-hcf, snf, ...).")
     denial_definition: Literal["any-denial", "appealed"] = Field(
-        "any-denial", description="any-denial: positive when any EOB of the stay's claim carries a denial "
-        "(an initial denial counts whatever the appeal decided); no claim is no label. appealed: the paper's "
-        "definition, positive when the claim was denied and its appeal reached a final determination, adverse "
+        "appealed", description="any-denial: positive when any EOB of the stay's claim carries a denial "
+        "(an initial denial counts whatever the appeal decided); no claim is no label. appealed (the default): the "
+        "paper's definition, positive when the claim was denied and its appeal reached a final determination, adverse "
         "or favourable (an EOB related to the prior claim, or a second EOB after the denial); everything else "
         "negative, a stay without a claim included. Recorded in dataset.json.")
     cci_problem_list: bool = Field(

@@ -17,10 +17,10 @@ one note, each task's label or the reason it has none. The rules (docs/data.md):
   (settings data.timezone), binned 0-2, 3, 4-5, >5.
 - CCI (H&P): Charlson index (Quan ICD-10, Charlson weights) of the ICD-10 codes of the
   encounter's Conditions; encounters without ICD-10 codes are excluded.
-- denial (H&P), by settings data.denial_definition: "any-denial" (the default here), the claim
-  for the stay was denied at least once (a CARIN `denialreason` adjudication on any EOB),
-  whatever an appeal later decided, unknown while no EOB exists or without a claim; "appealed"
-  (the paper's), denied and then decided on appeal, adverse or favourable, else negative.
+- denial (H&P), by settings data.denial_definition: "appealed" (the paper's, the default),
+  denied and then decided on appeal, adverse or favourable, else negative; "any-denial", the
+  claim for the stay was denied at least once (a CARIN `denialreason` adjudication on any EOB),
+  whatever an appeal later decided, unknown while no EOB exists or without a claim.
 
 Every stay without a finished discharge has no LOS, mortality, CCI or denial label.
 """
@@ -42,7 +42,7 @@ from fhir.resources.R4B.explanationofbenefit import ExplanationOfBenefit
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from integration.fhir_source import Problem, ProblemLog, iter_resources
+from integration.fhir_source import IdentifierIndex, Problem, ProblemLog, iter_resources
 from integration.notes import ClinicalNote, NoteError, aware_datetime, note_from_resource, reference_id
 from lang1ops.tasks import DEFAULT_CONTRACT, LOINC, NoteType, TaskContract
 from training.charlson import charlson_index
@@ -56,6 +56,8 @@ ICD10_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/
 # patient discharge status 20 (expired) and 41 (expired in a medical facility).
 EXPIRED_DISPOSITIONS = frozenset({"exp", "20", "41"})
 SNOMED = "http://snomed.info/sct"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
 DENIAL_CATEGORY = "denialreason"  # CARIN BB C4BBAdjudicationDiscriminator
 TRANSFER_WINDOW = timedelta(hours=24)
 READMISSION_DAYS = 30
@@ -181,6 +183,8 @@ class HospitalRecords:
         self._binaries: dict[str, dict] = {}
         self._coverage_payer: dict[str, str] = {}
         self._latest_seen: datetime | None = None
+        self._identifiers = IdentifierIndex()
+        self._awaiting_identifier: list[tuple[dict, str]] = []  # references by identifier not read yet
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -199,6 +203,13 @@ class HospitalRecords:
         return records
 
     def add(self, resource: dict, location: str) -> None:
+        self._identifiers.learn(resource)
+        if not self._identifiers.resolve(resource, location, self.problems, final=False):
+            self._awaiting_identifier.append((resource, location))  # its target may come later in the export
+            return
+        self._add_resolved(resource, location)
+
+    def _add_resolved(self, resource: dict, location: str) -> None:
         kind = resource.get("resourceType")
         if kind in NOTE_RESOURCES:
             self._note_resources.append((resource, location))
@@ -230,6 +241,14 @@ class HospitalRecords:
         element is absent) dropped; an Encounter period timestamp without an offset read in the
         hospital's time zone. Anything else invalid is refused by validation, as before."""
         cleaned = _without_empty_strings(resource, self.problems)
+        if cleaned.get("resourceType") == "Encounter" and not isinstance(cleaned.get("class"), dict):
+            # required in R4, yet some exports leave it out: the site's default when it has one
+            # (an export of inpatient stays only), else the stay is kept, its notes dropped as
+            # "no-encounter-class" rather than the whole resource refused
+            default = self.data.default_encounter_class
+            cleaned = {**cleaned, "class": {"system": ACT_CODE, "code": default} if default
+                       else {"system": NULL_FLAVOR, "code": "UNK"}}
+            self.problems.repaired("encounter-class-default" if default else "encounter-class-missing")
         if cleaned.get("resourceType") == "Encounter" and isinstance(cleaned.get("period"), dict):
             period = dict(cleaned["period"])
             for end in ("start", "end"):
@@ -266,7 +285,7 @@ class HospitalRecords:
         service_concepts = [e.serviceType, *(e.type or [])]
         service = e.serviceType.text or next((c for _, c in _codes(e.serviceType)), None) if e.serviceType else None
         unit = next((loc.location.display for loc in e.location or [] if loc.location and loc.location.display), None)
-        klass = e.class_fhir.code
+        klass = e.class_fhir.code if e.class_fhir.system != NULL_FLAVOR else None
         if klass in self.data.encounter_class_map:
             klass = self.data.encounter_class_map[klass]
             self.problems.repaired("local-encounter-class")
@@ -318,6 +337,10 @@ class HospitalRecords:
             self._coverage_payer[patient] = payer
 
     def finish(self, as_of: datetime | None) -> None:
+        for resource, location in self._awaiting_identifier:
+            self._identifiers.resolve(resource, location, self.problems, final=True)
+            self._add_resolved(resource, location)
+        self._awaiting_identifier.clear()
         self._link_diagnosis_codes()
         for eob in self._eobs:
             claim_id = reference_id(eob.claim.reference if eob.claim else None, "Claim")
@@ -473,6 +496,8 @@ def _stay_for(note: ClinicalNote, records: HospitalRecords) -> EncounterRecord:
     enc = records.encounters.get(note.encounter_id)
     if enc is None:
         raise NoLabel("unknown-encounter")
+    if enc.klass is None:
+        raise NoLabel("no-encounter-class")
     if not enc.inpatient:
         raise NoLabel("not-inpatient")
     return enc

@@ -184,8 +184,9 @@ def claim_and_eobs(sys: Systems, s: Stay) -> list[dict]:
     """An institutional claim for the stay and, once the payer answered, its EOB(s).
 
     A denial is an EOB whose adjudication carries a CARIN `denialreason` with an X12 reason
-    code; an appeal produces a second EOB for the same claim. The Lang1 label counts the
-    initial denial whatever the appeal's result, as the paper does.
+    code; an appeal produces a second EOB for the same claim, adverse or favourable. The
+    paper's label (data.denial_definition "appealed") is positive for a denial decided on
+    appeal, whatever the decision; "any-denial" counts every initial denial.
     """
     p = s.patient
     assert s.discharged and p.payer

@@ -340,8 +340,14 @@ class HospitalSimulation:
         stay.denied = denied
         if stay.denied:
             stay.denial_reason = denial_reason_for(stay, rng)
-            if rng.random() < 0.6:
+            if rng.random() < APPEAL_RATE:
                 stay.appeal = "favorable" if rng.random() < 0.55 else "adverse"
+
+
+# Share of denials the hospital appeals to a final determination: most inpatient denials are
+# appealed, and the paper's label (denied, then decided on appeal) needs the appeals to reach
+# its 12-14% prevalence (DENIAL_INTERCEPT is set with it).
+APPEAL_RATE = 0.9
 
 
 def generator_fingerprint() -> str:

@@ -35,6 +35,7 @@ from tests.training.test_labels import (
     patient,
     stay,
 )
+from training.data_config import DataSettings
 from training.dataset import Dataset, DatasetSpec, Window, build_dataset, patient_split
 
 AS_OF = datetime(2024, 12, 31, tzinfo=UTC)
@@ -108,7 +109,9 @@ def hospital() -> list[dict]:
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     fhir = export(root / "fhir", *hospital())
-    summary = build_dataset(fhir, root / "out", DatasetSpec(TRAIN, TEMPORAL), as_of=AS_OF)
+    # the hand counts below are for the any-denial label (tests/training/test_labels.py covers both)
+    summary = build_dataset(fhir, root / "out", DatasetSpec(TRAIN, TEMPORAL), as_of=AS_OF,
+                            data=DataSettings(denial_definition="any-denial"))
     return summary, root / "out"
 
 
@@ -155,7 +158,7 @@ def test_dataset_json_matches_a_hand_count(built):
     summary, out = built
     info = json.loads((out / "dataset.json").read_text())
     assert info == json.loads(summary.to_json())
-    assert info["splits"] == SPLITS
+    assert info["splits"] == SPLITS and info["denial_definition"] == "any-denial"
     assert info["data_end"] == "2024-12-31T00:00:00+00:00"
     assert info["windows"] == [{"name": "train", "start": "2022-01-01", "end": "2022-12-31"},
                                {"name": "temporal_2023", "start": "2023-01-01", "end": "2023-12-31"},

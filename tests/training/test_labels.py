@@ -176,9 +176,9 @@ def instant(value: str | None) -> datetime | None:
 
 
 def load(tmp_path: Path, *resources: dict, as_of: str | None = None,
-         transaction_time: str | None = None, timezone: str = "UTC") -> HospitalRecords:
+         transaction_time: str | None = None, timezone: str = "UTC", data: DataSettings | None = None) -> HospitalRecords:
     return HospitalRecords.load(export(tmp_path / "fhir", *resources, transaction_time=transaction_time),
-                                as_of=instant(as_of), data=DataSettings(timezone=timezone))
+                                as_of=instant(as_of), data=data or DataSettings(timezone=timezone))
 
 
 def labels_of(records: HospitalRecords, note_id: str) -> dict[str, int | str]:
@@ -329,10 +329,11 @@ def test_readmission_of_an_unfinished_index_stay(tmp_path):
 # --- mortality ---------------------------------------------------------------------------------
 
 
-def hp_labels(tmp_path: Path, *others: dict, index: dict | None = None, person: dict | None = None) -> dict:
+def hp_labels(tmp_path: Path, *others: dict, index: dict | None = None, person: dict | None = None,
+              data: DataSettings | None = None) -> dict:
     """label_note of an H&P on `index` (by default noon day -4 to noon day 0, discharged home)."""
     index = index or stay("e1", at(-4), at(0))
-    records = load(tmp_path, person or patient(), index, note("hp", index["id"]), *others, as_of=LATE)
+    records = load(tmp_path, person or patient(), index, note("hp", index["id"]), *others, as_of=LATE, data=data)
     labels = labels_of(records, "hp")
     assert set(labels) == HP_TASKS
     return labels
@@ -450,23 +451,28 @@ def test_cci_ignores_entered_in_error_conditions(tmp_path):
 # --- claim denial ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("billing, expected", [
-    pytest.param([], "no-claim", id="no-claim"),
-    pytest.param([claim("c1", "e-other")], "no-claim", id="claim-for-another-stay"),
-    pytest.param([claim("c1", "e1")], "claim-pending", id="claim-without-eob"),
-    pytest.param([claim("c1", "e1"), eob("x1", "c1")], 0, id="paid"),
-    pytest.param([claim("c1", "e1"), eob("x1", "c1", denied=True)], 1, id="denied"),
-    pytest.param([claim("c1", "e1"), eob("x1", "c1", item_denied=True)], 1, id="denied-on-item"),
-    pytest.param([claim("c1", "e1"), eob("x1", "c1", denied=True), eob("x2", "c1")], 1,
+# expected label under the paper's definition (the default: denied, then decided on appeal)
+# and under "any-denial"
+@pytest.mark.parametrize("billing, appealed, any_denial", [
+    pytest.param([], 0, "no-claim", id="no-claim"),
+    pytest.param([claim("c1", "e-other")], 0, "no-claim", id="claim-for-another-stay"),
+    pytest.param([claim("c1", "e1")], "claim-pending", "claim-pending", id="claim-without-eob"),
+    pytest.param([claim("c1", "e1"), eob("x1", "c1")], 0, 0, id="paid"),
+    pytest.param([claim("c1", "e1"), eob("x1", "c1", denied=True)], 0, 1, id="denied-not-appealed"),
+    pytest.param([claim("c1", "e1"), eob("x1", "c1", item_denied=True)], 0, 1, id="denied-on-item"),
+    pytest.param([claim("c1", "e1"), eob("x1", "c1", denied=True), eob("x2", "c1")], 1, 1,
                  id="denied-then-paid-on-appeal"),
-    pytest.param([eob("x1", "c1"), claim("c1", "e1")], 0, id="eob-before-its-claim"),
-    pytest.param([eob("x1", eid="e1", denied=True)], 1, id="eob-without-claim-linked-by-item-encounter"),
-    pytest.param([eob("x1", "not-exported", eid="e1")], 0, id="eob-of-unexported-claim-linked-by-item-encounter"),
-    pytest.param([claim("c1", "e1"), claim("c2", "e1"), eob("x2", "c2", denied=True)], 1,
-                 id="two-claims-one-denied"),
+    pytest.param([claim("c1", "e1"), eob("x1", "c1", denied=True), eob("x2", "c1", denied=True)], 1, 1,
+                 id="denied-then-upheld-on-appeal"),
+    pytest.param([eob("x1", "c1"), claim("c1", "e1")], 0, 0, id="eob-before-its-claim"),
+    pytest.param([eob("x1", eid="e1", denied=True)], 0, 1, id="eob-without-claim-linked-by-item-encounter"),
+    pytest.param([eob("x1", "not-exported", eid="e1")], 0, 0, id="eob-of-unexported-claim-linked-by-item-encounter"),
+    pytest.param([claim("c1", "e1"), claim("c2", "e1"), eob("x2", "c2", denied=True), eob("x3", "c2")], 1, 1,
+                 id="two-claims-one-denied-and-appealed"),
 ])
-def test_denial(tmp_path, billing, expected):
-    assert hp_labels(tmp_path, *billing)["denial"] == expected
+def test_denial(tmp_path, billing, appealed, any_denial):
+    assert hp_labels(tmp_path / "default", *billing)["denial"] == appealed
+    assert hp_labels(tmp_path / "any", *billing, data=DataSettings(denial_definition="any-denial"))["denial"] == any_denial
 
 
 # --- notes and their stays ---------------------------------------------------------------------
@@ -524,7 +530,7 @@ def test_bundle_gives_the_same_labels(tmp_path):
                                 "entry": [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]}))
     records = HospitalRecords.load(tmp_path / "bundles", as_of=instant(LATE))
     assert len(records.problems) == 0
-    assert labels_of(records, "hp") == {"mortality": 0, "los": 2, "cci": 3, "denial": 1}
+    assert labels_of(records, "hp") == {"mortality": 0, "los": 2, "cci": 3, "denial": 0}  # denied, never appealed
     assert labels_of(records, "ds") == {"readmission": 1}
 
 
@@ -570,7 +576,8 @@ def test_malformed_input_is_counted_and_valid_resources_still_load(tmp_path):
     assert set(records.patients) == {"p1"}
     assert [n.resource_id for n in records.notes] == ["hp", "ds"]
     assert records.notes[1].text == "Amended discharge summary."  # the later copy
-    assert labels_of(records, "hp") == {"mortality": 0, "los": 2, "cci": "no-diagnosis-codes", "denial": "no-claim"}
+    # no claim: negative under the paper's denial definition (the default)
+    assert labels_of(records, "hp") == {"mortality": 0, "los": 2, "cci": "no-diagnosis-codes", "denial": 0}
     assert labels_of(records, "ds") == {"readmission": 1}
 
 

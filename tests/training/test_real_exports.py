@@ -106,6 +106,48 @@ def test_naive_period_and_empty_strings_are_repaired_and_counted(tmp_path):
     assert "invalid-resource" not in records.problems.counts()
 
 
+def test_missing_encounter_class_keeps_the_stay_and_says_why(tmp_path):
+    index = stay("e1", at(-4), at(0))
+    del index["class"]
+    records = load(tmp_path / "a", patient(), index, note("hp", "e1"))
+    assert "invalid-resource" not in records.problems.counts()  # the stay and its demographics are kept
+    assert labels_of(records, "hp")["mortality"] == "no-encounter-class"
+    assert records.problems.repairs["encounter-class-missing"] == 1
+    records = load(tmp_path / "b", patient(), index, note("hp", "e1"), data=DataSettings(default_encounter_class="IMP"))
+    assert labels_of(records, "hp")["mortality"] == 0 and records.problems.repairs["encounter-class-default"] == 1
+
+
+MRN, VISIT = "urn:oid:1.2.840.114350.1.13.99.2.7.5.737384.14", "urn:oid:1.2.840.114350.1.13.99.2.7.3.698084.8"
+
+
+def test_references_by_identifier_resolve_in_any_order(tmp_path):
+    person = patient() | {"identifier": [{"system": MRN, "value": "MRN-001"}]}
+    index = stay("e1", at(-4), at(0), disposition="exp") | {"identifier": [{"system": VISIT, "value": "V-77"}]}
+    index["subject"] = {"type": "Patient", "identifier": {"system": MRN, "value": "MRN-001"}}
+    hp = note("hp", None) | {"subject": {"identifier": {"system": MRN, "value": "MRN-001"}},  # no type: still unique
+                             "context": {"encounter": [{"type": "Encounter", "identifier": {"system": VISIT, "value": "V-77"}}]}}
+    # the note comes first in the export, before the encounter and patient it names
+    records = load(tmp_path, hp, index, person)
+    labels = labels_of(records, "hp")
+    assert labels["mortality"] == 1 and records.encounters["e1"].patient_id == "p1"
+    assert records.problems.repairs["identifier-reference"] == 3
+
+
+def test_an_identifier_nobody_or_two_resources_carry_is_reported(tmp_path):
+    twins = [patient(pid) | {"identifier": [{"system": MRN, "value": "MRN-dup"}]} for pid in ("p1", "p2")]
+    index = stay("e1", at(-4), at(0))
+    hp = note("hp", None) | {"context": {"encounter": [{"identifier": {"system": VISIT, "value": "V-404"}}]}}
+    index["subject"] = {"identifier": {"system": MRN, "value": "MRN-dup"}}
+    # an element that only carries an identifier among other fields is not a reference
+    insured = claim("c", "e1") | {"insurance": [{"sequence": 1, "focal": True, "identifier": {"value": "POL-9"},
+                                                  "coverage": {"reference": "Coverage/cov-p1"}}]}
+    records = load(tmp_path, *twins, index, hp, insured)
+    problems = records.problems.counts()
+    assert problems["unresolved-identifier-reference"] == 2  # the ambiguous MRN and the unknown visit
+    assert labels_of(records, "hp")["mortality"] == "no-encounter"
+    assert records.encounters["e1"].patient_id is None  # never guessed between two patients
+
+
 # --- one current note per document --------------------------------------------------------------
 
 
