@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from lang1ops.calibration import TaskCalibration
 from lang1ops.tasks import TaskContract
 
 MANIFEST = "artifact.json"
@@ -72,6 +73,9 @@ class ArtifactManifest(BaseModel):
     hyperparameters: dict = Field(default_factory=dict)
     lineage: dict = Field(default_factory=dict, description="Parent version, code revision, trigger.")
     wall_time_s: float | None = None
+    calibration: dict[str, TaskCalibration] = Field(
+        default_factory=dict, description="Per-task maps the scorer applies to the softmax (fitted on validation); "
+        "a task without one is served uncalibrated.")
 
     def save(self, directory: Path) -> None:
         (Path(directory) / MANIFEST).write_text(self.model_dump_json(indent=2) + "\n")

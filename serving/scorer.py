@@ -29,6 +29,7 @@ from lang1ops.artifact import (
     resolve_base,
 )
 from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.calibration import calibrated
 from lang1ops.prompts import PromptEncoder
 from lang1ops.tasks import TaskContract
 
@@ -252,7 +253,7 @@ class MultitaskScorer:
             logits = hidden.to(torch.float32) @ option_rows.to(torch.float32).T  # (B, k)
             if getattr(self.lm_head, "bias", None) is not None:
                 logits = logits + self.lm_head.bias[self.m.encoder.option_token_ids(task)].to(torch.float32)
-            probs[task] = torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy()
+            probs[task] = self._calibrated(task, torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy())
             cache.crop(-s)  # drop the question's keys/values: back to the note alone
         return probs, pooled.cpu().numpy()
 
@@ -262,5 +263,9 @@ class MultitaskScorer:
         out = {}
         for task in tasks:
             weight, bias = self.m.heads[task]
-            out[task] = torch.softmax((x @ weight.T + bias).to(torch.float64), dim=-1).cpu().numpy()
+            out[task] = self._calibrated(task, torch.softmax((x @ weight.T + bias).to(torch.float64), dim=-1).cpu().numpy())
         return out
+
+    def _calibrated(self, task: str, probs: np.ndarray) -> np.ndarray:
+        # the artifact's validation-fitted map; none while training evaluates (no manifest yet)
+        return calibrated(probs, self.m.manifest.calibration.get(task)) if self.m.manifest else probs

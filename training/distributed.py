@@ -18,8 +18,16 @@ def _worker(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from training.calibration import fit_calibrations
     from training.dataset import Dataset
-    from training.mc_sft import load_trainable_state, make_model, prepare, train_loop, write_mc_artifact
+    from training.mc_sft import (
+        load_trainable_state,
+        make_model,
+        prepare,
+        train_loop,
+        validation_probabilities,
+        write_mc_artifact,
+    )
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -41,8 +49,10 @@ def _worker(cfg: dict) -> None:
     if rank == 0:
         if best_state is not None:
             load_trainable_state(model, best_state)
+        calibration = fit_calibrations(validation_probabilities(model, encoder, contract, val, config))
         write_mc_artifact(model, dataset, base, Path(cfg["out_dir"]), config, contract, result, cfg["name"],
-                          {"workers": world, "gpu": cfg["use_gpu"]}, wall_time_s=time.perf_counter() - cfg["started"])
+                          {"workers": world, "gpu": cfg["use_gpu"]}, wall_time_s=time.perf_counter() - cfg["started"],
+                          calibration=calibration)
 
 
 def train_mc_distributed(dataset_dir: Path, base_dir: Path, out_dir: Path, config: SftConfig, workers: int,

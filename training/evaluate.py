@@ -28,7 +28,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from lang1ops.tasks import TaskSpec
-from training.metrics import auroc
+from training.metrics import as_arrays, auroc, calibration_bins, expected_calibration_error
 
 SUBGROUP_COLUMNS = ("age_band", "sex", "race", "ethnicity", "payer", "unit", "service")
 UNDER_REVIEW = "(this model)"  # a model-card row whose model name holds this comes first
@@ -47,17 +47,6 @@ class Interval:
 
 def _finite(x) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _as_arrays(labels, probs) -> tuple[np.ndarray, np.ndarray]:
-    """Integer labels (n,) and probabilities (n, k); a 1-D `probs` is P(class 1) of a binary task."""
-    labels = np.asarray(labels).astype(np.int64).ravel()
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim == 1:
-        probs = np.column_stack([1 - probs, probs])
-    if probs.shape[0] != labels.shape[0]:
-        raise ValueError(f"{labels.shape[0]} labels but {probs.shape[0]} probability rows")
-    return labels, probs
 
 
 # ---------------------------------------------------------------- AUROC of many resamples at once
@@ -126,7 +115,7 @@ def _bootstrap(point: float, n: int, statistic: Callable[[np.ndarray], np.ndarra
 
 def bootstrap_auroc(labels, probs, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Interval:
     """AUROC (`training.metrics.auroc`) with a percentile bootstrap CI over notes."""
-    labels, probs = _as_arrays(labels, probs)
+    labels, probs = as_arrays(labels, probs)
     return _bootstrap(auroc(labels, probs), len(labels), lambda w: _resampled_auroc(labels, probs, w),
                       n_resamples, seed, confidence)
 
@@ -134,8 +123,8 @@ def bootstrap_auroc(labels, probs, n_resamples: int = 1000, seed: int = 0, confi
 def paired_bootstrap_difference(labels, probs_a, probs_b, n_resamples: int = 1000, seed: int = 0,
                                 confidence: float = 0.95) -> Interval:
     """AUROC(b) - AUROC(a) on the same notes; both models see the same resamples (paired)."""
-    labels, probs_a = _as_arrays(labels, probs_a)
-    _, probs_b = _as_arrays(labels, probs_b)
+    labels, probs_a = as_arrays(labels, probs_a)
+    _, probs_b = as_arrays(labels, probs_b)
     return _bootstrap(auroc(labels, probs_b) - auroc(labels, probs_a), len(labels),
                       lambda w: _resampled_auroc(labels, probs_b, w) - _resampled_auroc(labels, probs_a, w),
                       n_resamples, seed, confidence)
@@ -143,42 +132,11 @@ def paired_bootstrap_difference(labels, probs_a, probs_b, n_resamples: int = 100
 
 def micro_auroc(labels, probs) -> float:
     """Binary: `auroc`. Multiclass: micro-averaged one-vs-rest AUROC (pools all classes; early stopping)."""
-    labels, probs = _as_arrays(labels, probs)
+    labels, probs = as_arrays(labels, probs)
     if probs.shape[1] == 2 or len(labels) == 0:
         return auroc(labels, probs) if len(labels) else math.nan
     onehot = (labels[:, None] == np.arange(probs.shape[1])).astype(int)
     return float(roc_auc_score(onehot, probs, average="micro"))
-
-
-# ---------------------------------------------------------------- calibration
-
-def calibration_bins(labels, probs, n_bins: int = 15) -> list[dict]:
-    """Equal-width bins on [0, 1] ([low, high), the last one closed).
-
-    Binary: the predicted P(positive) against the observed positive rate. Multiclass: top-label
-    confidence against accuracy (Guo et al. 2017). Empty bins have count 0 and None values.
-    """
-    labels, probs = _as_arrays(labels, probs)
-    if probs.shape[1] == 2:
-        predicted, observed = probs[:, 1], labels == 1
-    else:
-        predicted, observed = probs.max(axis=1), probs.argmax(axis=1) == labels
-    index = np.clip(np.floor(predicted * n_bins).astype(int), 0, n_bins - 1)
-    bins = []
-    for b in range(n_bins):
-        m = index == b
-        count = int(m.sum())
-        bins.append({"low": b / n_bins, "high": (b + 1) / n_bins, "count": count,
-                     "mean_predicted": float(predicted[m].mean()) if count else None,
-                     "observed": float(observed[m].mean()) if count else None})
-    return bins
-
-
-def expected_calibration_error(labels, probs, n_bins: int = 15) -> float:
-    """Sum over bins of |mean predicted - observed| weighted by the bin's share of notes."""
-    bins = [b for b in calibration_bins(labels, probs, n_bins) if b["count"]]
-    n = sum(b["count"] for b in bins)
-    return sum(b["count"] / n * abs(b["mean_predicted"] - b["observed"]) for b in bins) if n else math.nan
 
 
 # ---------------------------------------------------------------- one task on one split
@@ -206,7 +164,7 @@ class TaskEvaluation:
 
 
 def _task_arrays(task: TaskSpec, labels, probs) -> tuple[np.ndarray, np.ndarray]:
-    labels, probs = _as_arrays(labels, probs)
+    labels, probs = as_arrays(labels, probs)
     if probs.shape[1] != task.n_classes:
         raise ValueError(f"task {task.name}: {task.n_classes} classes but probabilities have {probs.shape[1]} columns")
     if task.binary:  # column 1 / label 1 = the event, whichever option the contract lists it as
@@ -368,20 +326,50 @@ def model_card(title: str, about: dict, rows: list[dict]) -> tuple[str, dict]:
     lines += [f"| **{_cell(k)}** | {_cell(v)} |" for k, v in data["about"].items()]
     for split in dict.fromkeys(r["split"] for r in rows):
         in_split = [r for r in rows if r["split"] == split]
-        header = ["Task", "n"] + [f"{m} {col}" for m in models for col in ("AUROC [95% CI]", "ECE")]
+        header = ["Task", "n", "events"] + [f"{m} {col}" for m in models for col in ("AUROC [95% CI]", "ECE")]
         lines += ["", f"## Performance: {split}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
+        notes = []
         for task in dict.fromkeys(r["task"] for r in in_split):
             by_model = {r["model"]: r for r in in_split if r["task"] == task}
             n = next((by_model[m].get("n") for m in models if m in by_model), None)
-            cells = [task, "" if n is None else str(n)]
+            counts = next((by_model[m].get("class_counts") for m in models if by_model.get(m, {}).get("class_counts")), None)
+            cells = [task, "" if n is None else str(n), _events_cell(counts)]
+            notes += _sparse_class_notes(task, counts)
             for m in models:
                 r = by_model.get(m)
                 ece = None if r is None else r.get("ece")
                 cells += [_auroc_cell(r and r.get("auroc")), "n/a" if ece is None else f"{ece:.3f}"]
             lines.append("| " + " | ".join(cells) + " |")
+        if notes:
+            lines += [""] + [f"- {note}" for note in notes]
     lines += ["", "## Intended use and limitations", "", LIMITATIONS, ""]
     return "\n".join(lines), data
+
+
+def _events_cell(counts: list[int] | None) -> str:
+    """Binary: the positives; multiclass: the notes in each class (LOS 0-2/3/4-5/>5, CCI 0/1-2/...)."""
+    if not counts:
+        return ""
+    return str(counts[1]) if len(counts) == 2 else "/".join(str(c) for c in counts)
+
+
+def _sparse_class_notes(task: str, counts: list[int] | None) -> list[str]:
+    """What a reader must know before trusting a row: a class absent from the sample leaves the
+    macro AUROC averaging over fewer classes; a class with under 10 notes is missing from many
+    bootstrap resamples, so its interval is wide and partly averaged over fewer classes."""
+    if not counts:
+        return []
+    absent = [str(i) for i, c in enumerate(counts) if c == 0]
+    rare = [f"{i} ({c})" for i, c in enumerate(counts) if 0 < c < 10]
+    notes = []
+    if absent:
+        notes.append(f"{task}: class {', '.join(absent)} absent from this sample; the AUROC averages over the "
+                     "classes present")
+    if rare:
+        notes.append(f"{task}: class {', '.join(rare)} has under 10 notes; resamples without it average over "
+                     "fewer classes and its interval is wide")
+    return notes
 
 
 def write_model_card(directory, title: str, about: dict, rows: list[dict]) -> tuple[Path, Path]:

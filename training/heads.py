@@ -24,6 +24,7 @@ from lang1ops.prompts import PromptEncoder
 from lang1ops.tasks import TaskContract
 from serving.scorer import NoteEncoder, choose_dtype
 from training.artifacts import remove_partial, start_artifact
+from training.calibration import fit_calibrations
 from training.dataset import Dataset
 from training.metrics import auroc
 
@@ -185,6 +186,9 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
         per_layer[layer] = (float(np.mean(scores)) if scores else float("nan"), mean, scale, fits)
     layer = max(per_layer, key=lambda k: np.nan_to_num(per_layer[k][0], nan=-1.0))
     _, mean, scale, fits = per_layer[layer]
+    z = (vectors[layer] - mean) / scale
+    calibration = fit_calibrations({t: (softmax(z[rows[("val", t)][0]] @ fit.weight.T + fit.bias), rows[("val", t)][1])
+                                    for t, fit in fits.items()})
 
     tensors = {"mean": torch.tensor(mean, dtype=torch.float32), "scale": torch.tensor(scale, dtype=torch.float32)}
     for t, fit in fits.items():
@@ -203,6 +207,7 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
         save_file(tensors, str(Path(out_dir) / "heads.safetensors"))
         manifest = ArtifactManifest.load(out_dir)
         manifest.wall_time_s = round(time.perf_counter() - started, 1)
+        manifest.calibration = calibration
         manifest.save(out_dir)
     except BaseException:
         remove_partial(out_dir)

@@ -34,6 +34,7 @@ from lang1ops.prompts import PromptEncoder
 from lang1ops.tasks import TaskContract
 from serving.scorer import LoadedModel, MultitaskScorer, choose_dtype
 from training.artifacts import remove_partial, start_artifact
+from training.calibration import fit_calibrations
 from training.dataset import Dataset
 from training.evaluate import micro_auroc
 
@@ -180,22 +181,29 @@ def make_model(base_dir: Path, config: SftConfig) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def evaluate_examples(model: torch.nn.Module, encoder: PromptEncoder, contract: TaskContract,
-                      val: dict[str, pd.DataFrame], config: SftConfig) -> EvalPoint:
-    """Validation micro-AUROC (mean over tasks) and option loss, scored like serving scores."""
+def validation_probabilities(model: torch.nn.Module, encoder: PromptEncoder, contract: TaskContract,
+                             val: dict[str, pd.DataFrame], config: SftConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """task -> (uncalibrated class probabilities, labels) of the validation notes, scored like serving scores."""
     inner = model.module if hasattr(model, "module") else model
     was_training = inner.training
     inner.eval()
     scorer = MultitaskScorer(LoadedModel(ModelKind.MC, contract, inner, encoder))
-    per_task, losses = {}, []
+    out = {}
     with autocast_for(config):
         for task, frame in val.items():
             results, _ = scorer.score(frame["text"].tolist(), [[task]] * len(frame))
-            probs = np.stack([r[task] for r in results])
-            labels = frame["label"].to_numpy()
-            per_task[task] = micro_auroc(labels, probs)
-            losses.append(float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()))
+            out[task] = (np.stack([r[task] for r in results]), frame["label"].to_numpy())
     inner.train(was_training)
+    return out
+
+
+def evaluate_examples(model: torch.nn.Module, encoder: PromptEncoder, contract: TaskContract,
+                      val: dict[str, pd.DataFrame], config: SftConfig) -> EvalPoint:
+    """Validation micro-AUROC (mean over tasks) and option loss, scored like serving scores."""
+    per_task, losses = {}, []
+    for task, (probs, labels) in validation_probabilities(model, encoder, contract, val, config).items():
+        per_task[task] = micro_auroc(labels, probs)
+        losses.append(float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()))
     finite = [v for v in per_task.values() if math.isfinite(v)]
     return EvalPoint(0, float(np.mean(finite)) if finite else float("nan"), float(np.mean(losses)), per_task)
 
@@ -315,14 +323,15 @@ def train_mc(dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig,
     result.search = search
     if best_state is not None:
         load_trainable_state(model, best_state)
+    calibration = fit_calibrations(validation_probabilities(model, encoder, contract, val, config))
     write_mc_artifact(model, dataset, base_dir, out_dir, config, contract, result, name, lineage,
-                      wall_time_s=time.perf_counter() - started)
+                      wall_time_s=time.perf_counter() - started, calibration=calibration)
     return Path(out_dir), result
 
 
 def write_mc_artifact(model: torch.nn.Module, dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig,
                       contract: TaskContract, result: TrainResult, name: str, lineage: dict | None,
-                      wall_time_s: float) -> None:
+                      wall_time_s: float, calibration: dict | None = None) -> None:
     method = Method.LORA if config.method == "lora" else Method.FULL
     hyper = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     hyper |= {"lr": result.lr, "steps": result.steps, "stopped_early": result.stopped_early, "lr_search": result.search,
@@ -341,4 +350,5 @@ def write_mc_artifact(model: torch.nn.Module, dataset: Dataset, base_dir: Path, 
         raise
     manifest = ArtifactManifest.load(out_dir)
     manifest.wall_time_s = round(wall_time_s, 1)
+    manifest.calibration = calibration or {}
     manifest.save(out_dir)

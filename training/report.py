@@ -13,18 +13,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lang1ops.artifact import ArtifactManifest, resolve_base
+from lang1ops.calibration import calibrated
 from serving.scorer import LoadedModel, MultitaskScorer, load_model
 from training.artifacts import zero_shot_artifact
 from training.baselines import TfidfBaseline
 from training.dataset import Dataset
 from training.evaluate import SUBGROUP_COLUMNS, evaluate_task, plot_calibration, plot_roc, write_model_card
+from training.metrics import expected_calibration_error
 
 THIS = "this model"
 
@@ -112,9 +114,19 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
         yield
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - clock
 
+    # scored without the artifact's calibration maps, which are then applied here: the same
+    # probabilities the service answers with, and the ECE they would have without the maps
+    raw_model = replace(model, manifest=model.manifest.model_copy(update={"calibration": {}})) if model.manifest else model
+    maps = model.manifest.calibration if model.manifest else {}
+    ece_uncalibrated: dict[str, dict[str, float]] = {}
     for split in splits:
         with timed(ours_name):
-            ours = predict(model, dataset, split, notes[split], on_batch)
+            ours = predict(raw_model, dataset, split, notes[split], on_batch)
+        for task in set(maps) & set(ours.probs):
+            if len(ours.frames[task]):
+                ece_uncalibrated.setdefault(task, {})[split] = expected_calibration_error(
+                    ours.frames[task]["label"].to_numpy(), ours.probs[task])
+            ours.probs[task] = calibrated(ours.probs[task], maps[task])
         by_model = {ours_name: ours.probs}
         if "tfidf" in baselines:
             with timed("TF-IDF baseline"):  # includes fitting on the train split (once)
@@ -132,7 +144,9 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
                                    n_resamples=n_resamples, seed=seed)
                 evaluations.append({"model": name, **ev.to_dict()})
                 rows.append({"model": name, "task": task, "split": split, "n": ev.n, "auroc": ev.auroc.to_dict(),
-                             "ece": ev.ece})
+                             "ece": ev.ece, "class_counts": ev.class_counts}
+                            | ({"ece_uncalibrated": ece_uncalibrated[task][split]}
+                               if name == ours_name and split in ece_uncalibrated.get(task, {}) else {}))
                 if split == splits[-1]:
                     plotted.setdefault(task, {})[name] = (model.contract.task(task), frame["label"].to_numpy(), probs[task])
     plots = out_dir / "plots"
@@ -144,6 +158,7 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
              "base model": manifest.base.name, "max note tokens": manifest.max_note_tokens,
              "pooled layer": manifest.pooling.layer if manifest.pooling else None, "data": manifest.data,
              "hyperparameters": manifest.hyperparameters, "training wall time (s)": manifest.wall_time_s,
+             "calibration (fitted on validation)": _calibration_summary(maps, rows, ours_name) or "none",
              "evaluated notes per split": {s: int(len(n)) for s, n in notes.items()},
              "evaluation wall time (s)": round(time.perf_counter() - started, 1),
              "scoring wall time by model (s)": {k: round(v, 1) for k, v in seconds.items()}}
@@ -151,6 +166,17 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
     metrics = {"splits": splits, "rows": rows, "evaluations": evaluations, "about": about}
     (out_dir / "metrics.json").write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False) + "\n")
     return metrics
+
+
+def _calibration_summary(maps: dict, rows: list[dict], model_name: str) -> dict[str, str]:
+    """task -> "platt slope=.. intercept=..; ECE without -> with it: split a -> b, ..." for the card."""
+    out = {}
+    for task, cal in maps.items():
+        how = f"T={cal.temperature:.2f}" if cal.method == "temperature" else f"slope={cal.slope:.2f} intercept={cal.intercept:.2f}"
+        eces = [f"{r['split']} {r['ece_uncalibrated']:.3f} -> {r['ece']:.3f}" for r in rows
+                if r["model"] == model_name and r["task"] == task and "ece_uncalibrated" in r]
+        out[task] = f"{cal.method} {how}; ECE without -> with it: " + (", ".join(eces) or "no labeled notes")
+    return out
 
 
 def strict_json(value):

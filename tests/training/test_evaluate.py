@@ -209,3 +209,16 @@ def test_model_card(tmp_path):
     assert set(data) == {"title", "about", "rows"} and data["rows"][-1]["auroc"]["estimate"] is None
     md, js = write_model_card(tmp_path / "card", "Lang1 heads v3", about, rows)
     assert md.read_text() == markdown and json.loads(js.read_text()) == data
+
+
+def test_model_card_shows_events_and_says_when_a_class_is_absent_or_rare():
+    rows = [{"model": "heads (this model)", "task": "mortality", "split": "temporal_2024", "n": 600,
+             "class_counts": [593, 7], "auroc": {"estimate": 0.8, "low": 0.6, "high": 0.9}, "ece": 0.01},
+            {"model": "heads (this model)", "task": "cci", "split": "temporal_2024", "n": 600,
+             "class_counts": [400, 150, 40, 10, 0], "auroc": {"estimate": 0.9, "low": 0.88, "high": 0.92}, "ece": 0.02}]
+    markdown, _ = model_card("card", {}, rows)
+    lines = markdown.splitlines()
+    assert next(line for line in lines if line.startswith("| mortality")).split(" | ")[2] == "7"
+    assert next(line for line in lines if line.startswith("| cci")).split(" | ")[2] == "400/150/40/10/0"
+    assert "- mortality: class 1 (7) has under 10 notes" in markdown
+    assert "- cci: class 4 absent from this sample" in markdown
