@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -23,9 +25,43 @@ T = TypeVar("T")
 console = Console(stderr=True)
 
 
+class _PlainProgress(Progress):
+    """Where stderr is not a terminal (a log file, CI, `make demo | tee`) a live bar draws
+    nothing until it ends, so a twenty-minute step looks hung: print a plain line instead every
+    `every_s` seconds and when a task finishes."""
+
+    every_s = 30.0
+
+    def __init__(self, *columns, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self._last_line: dict = {}
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._plain_line(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._plain_line(task_id)
+
+    def _plain_line(self, task_id) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now, finished = time.monotonic(), task.total is not None and task.completed >= task.total
+        if finished and self._last_line.get(task_id) == "done":
+            return
+        if not finished and now - self._last_line.get(task_id, task.start_time or now) < self.every_s:
+            return
+        self._last_line[task_id] = "done" if finished else now
+        done = f"{task.completed:,.0f}" + (f"/{task.total:,.0f} ({task.percentage:.0f}%)" if task.total else "")
+        eta = f", about {task.time_remaining:,.0f} s left" if task.time_remaining and not finished else ""
+        self.console.print(f"{task.description}: {done}, {task.elapsed or 0:,.0f} s{eta}", highlight=False)
+
+
 @contextmanager
 def progress_bar(transient: bool = False) -> Iterator[Progress]:
-    with Progress(
+    with (Progress if console.is_terminal else _PlainProgress)(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
