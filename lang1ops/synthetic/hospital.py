@@ -35,7 +35,7 @@ from lang1ops.synthetic.notes import EXTRA_LABS, LABS, Author
 # Intercepts tuned so that prevalences land near the paper's appendix B (docs/data.md).
 MORTALITY_INTERCEPT = -6.6
 READMIT_INTERCEPT = -4.4
-DENIAL_INTERCEPT = -2.65
+DENIAL_INTERCEPT = -2.8
 LOS_SIGMA = 0.6
 
 
