@@ -46,7 +46,7 @@ def train(
     dataset: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Dataset from `lang1ops data build`.")],
     out: Annotated[Path, typer.Option(help="Artifact directory to write (must not exist or be empty).")],
     kind: Annotated[Kind, typer.Option(help="heads: frozen base + linear heads; mc-sft: the paper's finetuning.")] = Kind.HEADS,
-    method: Annotated[SftMethod, typer.Option(help="mc-sft only: full finetuning or LoRA.")] = SftMethod.LORA,
+    method: Annotated[SftMethod, typer.Option(help="mc-sft only: full finetuning (the paper's) or LoRA.")] = SftMethod.FULL,
     base: Annotated[Path | None, typer.Option(help="Local base model directory (default: settings).")] = None,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated subset of tasks (default: all).")] = None,
     max_train_notes: Annotated[int | None, typer.Option(help="Cap on training notes (random, seeded).")] = None,
@@ -58,6 +58,8 @@ def train(
     grad_accum: Annotated[int, typer.Option(help="mc-sft: gradient accumulation steps.")] = 1,
     eval_every: Annotated[int, typer.Option(help="mc-sft: evaluate every N steps.")] = 50,
     patience: Annotated[int, typer.Option(help="mc-sft: evaluations without improvement before stopping.")] = 3,
+    time_limit_min: Annotated[float | None, typer.Option(
+        help="mc-sft: stop after this many minutes with a checkpoint beside --out; the same command resumes it.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="mc-sft: Ray Train workers (1 = in this process).")] = 1,
     gpu: Annotated[bool, typer.Option(help="mc-sft: train on GPUs (bf16).")] = False,
     register: Annotated[bool, typer.Option(help="Register the artifact in the registry afterwards.")] = False,
@@ -88,7 +90,8 @@ def train(
 
         config = SftConfig(method=method.value, lr=lr, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
                            eval_every=eval_every, patience=patience, max_note_tokens=settings.model.max_note_tokens,
-                           tasks=task_list, max_examples=caps, seed=seed, device="cuda" if gpu else "cpu")
+                           tasks=task_list, max_examples=caps, seed=seed, device="cuda" if gpu else "cpu",
+                           time_limit_s=time_limit_min * 60 if time_limit_min else None)
         if workers > 1 or gpu:
             from training.distributed import train_mc_distributed
 
@@ -99,11 +102,29 @@ def train(
                 path = train_mc_distributed(dataset, base, out, config, workers=workers, use_gpu=gpu,
                                             name=settings.model_name)
         else:
+            from training.mc_sft import checkpoint_path
+
+            shown = {"loss": float("nan"), "auroc": float("nan")}
+
+            def describe() -> str:
+                return f"mc-sft ({method.value}) loss {shown['loss']:.3f}, val AUROC {shown['auroc']:.3f}"
+
             with progress_bar() as progress:
-                bar = progress.add_task(f"mc-sft ({method.value})", total=max_steps)
-                path, _ = train_mc(data, base, out, config, name=settings.model_name,
-                                   on_step=lambda step, loss: progress.update(bar, completed=step,
-                                                                              description=f"mc-sft ({method.value}) loss {loss:.3f}"))
+                bar = progress.add_task(describe(), total=max_steps)
+
+                def on_step(step: int, loss: float) -> None:
+                    shown["loss"] = loss
+                    progress.update(bar, completed=step, description=describe())
+
+                def on_eval(point) -> None:
+                    shown["auroc"] = point.val_auroc
+
+                path, result = train_mc(data, base, out, config, name=settings.model_name, on_step=on_step,
+                                        on_eval=on_eval, on_start=lambda step: progress.update(bar, completed=step))
+            if result.interrupted:
+                stdout.print(f"[yellow]Stopped at step {result.steps:,} of {max_steps:,}[/] (time limit or Ctrl-C); "
+                             f"checkpoint: {checkpoint_path(out)}. Run the same command again to resume.")
+                raise typer.Exit(3)
     print_training_summary(path)
     if register:
         _register(path, "train")

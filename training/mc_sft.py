@@ -15,11 +15,15 @@ worker taking its share of every batch).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lang1ops.artifact import ArtifactManifest, Method, ModelKind
+from lang1ops.artifact import ArtifactManifest, Method, ModelKind, weights_sha256
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.prompts import PromptEncoder
 from lang1ops.tasks import TaskContract
@@ -41,7 +45,7 @@ from training.evaluate import micro_auroc
 
 @dataclass
 class SftConfig:
-    method: str = "lora"  # "full" | "lora"
+    method: str = "full"  # "full" (the paper's) | "lora" (its exception for bases too large to train whole)
     lr: float | None = None  # None: search it
     max_steps: int = 300
     batch_size: int = 8  # examples per optimizer step (before accumulation), tasks mixed evenly
@@ -64,6 +68,7 @@ class SftConfig:
     seed: int = 0
     dtype: str = "auto"  # bf16 autocast where the hardware has it
     device: str = "cpu"
+    time_limit_s: float | None = None  # stop at a step boundary after this long, checkpointed, to resume later
 
 
 @dataclass
@@ -90,6 +95,7 @@ class TrainResult:
     stopped_early: bool
     lr: float
     search: list[dict]
+    interrupted: bool = False  # stopped by the time limit or Ctrl-C, checkpointed: run again to resume
 
 
 def build_examples(dataset: Dataset, encoder: PromptEncoder, tasks: list[str], split: str, cap: int | None,
@@ -125,6 +131,17 @@ class EvenTaskSampler:
         batch = [self._draw(self.tasks[(self.offset + i) % len(self.tasks)]) for i in range(self.batch_size)]
         self.offset = (self.offset + self.batch_size) % len(self.tasks)
         return batch
+
+    def state(self) -> dict:
+        """Where every stream stands, as example positions (a checkpoint holds no note text)."""
+        position = {t: {id(e): i for i, e in enumerate(self.examples[t])} for t in self.tasks}
+        return {"rng": self.rng.getstate(), "offset": self.offset,
+                "streams": {t: [position[t][id(e)] for e in self.streams[t]] for t in self.tasks}}
+
+    def restore(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.offset = state["offset"]
+        self.streams = {t: [self.examples[t][i] for i in state["streams"][t]] for t in self.tasks}
 
 
 def collate(batch: list[Example], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -213,32 +230,52 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
                is_main: bool = True, shard: tuple[int, int] = (0, 1),
                on_step: Callable[[int, float], None] | None = None,
                on_eval: Callable[[EvalPoint], None] | None = None,
-               on_report: Callable[[int, EvalPoint | None], None] | None = None) -> tuple[TrainResult, dict | None]:
-    """Train; returns the result and the best weights (trainable parameters only)."""
+               on_report: Callable[[int, EvalPoint | None], None] | None = None,
+               schedule_steps: int | None = None, checkpoint: Checkpoint | None = None) -> tuple[TrainResult, dict | None]:
+    """Train; returns the result and the best weights (trainable parameters only).
+
+    `schedule_steps` is the cosine schedule's length when it differs from the steps run (a
+    learning-rate trial runs the first steps of the real run's schedule). With `checkpoint`,
+    a run starts where the checkpoint stands, saves one at every evaluation, and stops at a
+    step boundary once `config.time_limit_s` has passed or on Ctrl-C, saving one first;
+    `TrainResult.interrupted` then says so, and the same call later resumes without losing a
+    step (weights, optimizer, schedule, task streams and random state all restored)."""
+    started = time.monotonic()
     torch.manual_seed(config.seed)
     rank, world = shard
     pad_id = encoder.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_steps, eta_min=0.0)  # no warmup
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule_steps or max_steps, eta_min=0.0)
     sampler = EvenTaskSampler(train, config.batch_size * world, config.seed)
     history: list[EvalPoint] = []
     best, best_state, since_best, stopped = None, None, 0, False
-    model.train()
-    step = 0
-    for step in range(1, max_steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(config.grad_accum):
-            batch = sampler.next_batch()[rank::world]  # every worker its share of the same global batch
-            with autocast_for(config):
-                loss = option_loss(model, collate(batch, pad_id, config.device)) / config.grad_accum
-            loss.backward()
-            total += float(loss.detach())
-        optimizer.step()
-        schedule.step()
+    first = 1
+    if checkpoint is not None and checkpoint.exists():
+        saved = checkpoint.load()
+        load_trainable_state(model, saved["trainable"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        sampler.restore(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = [EvalPoint(**p) for p in saved["history"]]
+        best = EvalPoint(**saved["best"]) if saved["best"] else None
+        best_state, since_best, first = saved["best_state"], saved["since_best"], saved["step"] + 1
+
+    def save(step: int) -> None:
+        if checkpoint is not None and is_main:
+            checkpoint.save({"step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                             "schedule": schedule.state_dict(), "sampler": sampler.state(),
+                             "torch_rng": torch.get_rng_state(), "history": [asdict(p) for p in history],
+                             "best": asdict(best) if best else None, "best_state": best_state,
+                             "since_best": since_best})
+
+    def _one_step(step: int) -> tuple[TrainResult, dict | None] | None:
+        """Train step `step` (and evaluate when due); a result when the run ends here."""
+        nonlocal best, best_state, since_best, stopped
+        loss = _train_step(model, sampler, config, pad_id, rank, world, optimizer, schedule)
         if on_step:
-            on_step(step, total)
+            on_step(step, loss)
         if step % config.eval_every == 0 or step == max_steps:
             point = evaluate_examples(model, encoder, contract, val, config) if is_main else None
             if point is not None:
@@ -258,8 +295,94 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
                 torch.distributed.broadcast(stop, src=0)
             if stop.item():
                 stopped = True
-                break
+                return TrainResult(best, history, step, stopped, lr, []), best_state
+            save(step)
+        out_of_time = config.time_limit_s is not None and time.monotonic() - started > config.time_limit_s
+        if (out_of_time or interrupted.raised) and step < max_steps:
+            save(step)
+            return TrainResult(best, history, step, False, lr, [], interrupted=True), best_state
+        return None
+
+    model.train()
+    step = first - 1
+    with _deferred_interrupts(checkpoint is not None) as interrupted:
+        for step in range(first, max_steps + 1):
+            result = _one_step(step)
+            if result is not None:
+                return result
     return TrainResult(best, history, step, stopped, lr, []), best_state
+
+
+class _Interrupts:
+    raised = False
+
+
+@contextmanager
+def _deferred_interrupts(active: bool):
+    """Ctrl-C or SIGTERM (a pod being preempted) during a checkpointed run is noted, not raised:
+    the step under way finishes, a checkpoint is written at that step boundary and the run
+    returns `interrupted`. A second signal interrupts at once. Elsewhere (a worker thread, no
+    checkpoint) signals act as usual."""
+    state = _Interrupts()
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def note(signum, frame):
+        if state.raised:
+            raise KeyboardInterrupt
+        state.raised = True
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train_step(model, sampler: EvenTaskSampler, config: SftConfig, pad_id: int, rank: int, world: int,
+                optimizer, schedule) -> float:
+    """One optimizer step (with gradient accumulation); the step's mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for _ in range(config.grad_accum):
+        batch = sampler.next_batch()[rank::world]  # every worker its share of the same global batch
+        with autocast_for(config):
+            loss = option_loss(model, collate(batch, pad_id, config.device)) / config.grad_accum
+        loss.backward()
+        total += float(loss.detach())
+    optimizer.step()
+    schedule.step()
+    return total
+
+
+class Checkpoint:
+    """One training run's resumable state in one file, written atomically (a crash mid-write
+    leaves the previous one), tied to the run's settings: a checkpoint of another run (other
+    learning rate, steps, data caps, base) is refused rather than silently continued."""
+
+    def __init__(self, path: Path, run_fingerprint: str):
+        self.path, self.fingerprint = Path(path), run_fingerprint
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict:
+        saved = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file, never a download
+        if saved.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"{self.path} is the checkpoint of another training run (other settings or data); "
+                             "remove it to start over, or resume with the settings it was made with")
+        return saved
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({**state, "fingerprint": self.fingerprint}, partial)
+        partial.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def trainable_state(model: torch.nn.Module) -> dict:
@@ -284,8 +407,10 @@ def lr_search(base_dir: Path, train: dict[str, list[Example]], val: dict[str, pd
     trials = []
     for lr in np.exp(rng.uniform(low, high, config.search_trials)):
         model = make_model(base_dir, config)
-        trial_config = replace(config, eval_every=config.search_steps, patience=10**6)
-        result, _ = train_loop(model, train, val, encoder, contract, trial_config, float(lr), config.search_steps)
+        trial_config = replace(config, eval_every=config.search_steps, patience=10**6, time_limit_s=None)
+        # the first steps of the real run's schedule, not a schedule compressed into the trial
+        result, _ = train_loop(model, train, val, encoder, contract, trial_config, float(lr), config.search_steps,
+                               schedule_steps=config.max_steps)
         point = result.history[-1]
         trials.append({"lr": float(lr), "val_auroc": point.val_auroc, "val_loss": point.val_loss})
     by_auroc = sorted(range(len(trials)), key=lambda i: -np.nan_to_num(trials[i]["val_auroc"], nan=-1))
@@ -309,23 +434,48 @@ def prepare(dataset: Dataset, base_dir: Path, config: SftConfig):
     return task_contract, encoder, train, val
 
 
+def checkpoint_path(out_dir: Path) -> Path:
+    """Beside the artifact directory, not in it: a failed artifact write removes that directory."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.checkpoint.pt"
+
+
 def train_mc(dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig, name: str = "lang1-ops",
-             on_step=None, on_eval=None, lineage: dict | None = None) -> tuple[Path, TrainResult]:
+             on_step=None, on_eval=None, lineage: dict | None = None, on_start=None) -> tuple[Path, TrainResult]:
+    """Search the learning rate (unless given), train, calibrate and write the artifact. With
+    `config.time_limit_s` a long run stops in time with a checkpoint beside `out_dir`
+    (`TrainResult.interrupted`, no artifact yet); the same call resumes it. `on_start(step)`
+    says where the run starts (0, or the checkpoint's step)."""
     started = time.perf_counter()
     contract, encoder, train, val = prepare(dataset, base_dir, config)
-    search: list[dict] = []
-    lr = config.lr
+    progress_file = checkpoint_path(out_dir).with_suffix(".json")
+    resumed = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+    search: list[dict] = resumed.get("search", [])
+    lr = config.lr or resumed.get("lr")
     if lr is None:
         lr, search = lr_search(base_dir, train, val, encoder, contract, config)
+        progress_file.parent.mkdir(parents=True, exist_ok=True)
+        progress_file.write_text(json.dumps({"lr": lr, "search": search}))  # a resumed run does not search again
+    fingerprint = hashlib.sha256(json.dumps([asdict(replace(config, lr=lr, time_limit_s=None, device="")),
+                                             str(dataset.path), weights_sha256(base_dir)], default=str).encode()).hexdigest()
+    checkpoint = Checkpoint(checkpoint_path(out_dir), fingerprint)
     model = make_model(base_dir, config)
+    if on_start:
+        on_start(checkpoint.load()["step"] if checkpoint.exists() else 0)
     result, best_state = train_loop(model, train, val, encoder, contract, config, lr, config.max_steps,
-                                    on_step=on_step, on_eval=on_eval)
+                                    on_step=on_step, on_eval=on_eval, checkpoint=checkpoint)
     result.search = search
+    elapsed = resumed.get("elapsed_s", 0.0) + time.perf_counter() - started  # over every resumed part
+    if result.interrupted:
+        progress_file.write_text(json.dumps({"lr": lr, "search": search, "elapsed_s": elapsed}))
+        return Path(out_dir), result
     if best_state is not None:
         load_trainable_state(model, best_state)
     calibration = fit_calibrations(validation_probabilities(model, encoder, contract, val, config))
     write_mc_artifact(model, dataset, base_dir, out_dir, config, contract, result, name, lineage,
-                      wall_time_s=time.perf_counter() - started, calibration=calibration)
+                      wall_time_s=resumed.get("elapsed_s", 0.0) + time.perf_counter() - started, calibration=calibration)
+    checkpoint.remove()
+    progress_file.unlink(missing_ok=True)
     return Path(out_dir), result
 
 
@@ -335,7 +485,8 @@ def write_mc_artifact(model: torch.nn.Module, dataset: Dataset, base_dir: Path, 
     method = Method.LORA if config.method == "lora" else Method.FULL
     hyper = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     hyper |= {"lr": result.lr, "steps": result.steps, "stopped_early": result.stopped_early, "lr_search": result.search,
-              "best": asdict(result.best) if result.best else None}
+              "best": asdict(result.best) if result.best else None,
+              "examples_seen": result.steps * config.batch_size * config.grad_accum}
     try:
         start_artifact(out_dir, name=name, kind=ModelKind.MC, method=method, base_dir=base_dir, contract=contract,
                        max_note_tokens=config.max_note_tokens, hyperparameters=hyper, lineage=lineage,

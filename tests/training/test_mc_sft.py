@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import numpy as np
 import pandas as pd
@@ -127,3 +129,52 @@ def test_lr_search_stays_in_range_and_is_reproducible(small_dataset, tiny_llama_
     again, _ = lr_search(tiny_llama_dir, train, val, encoder, contract, config)
     assert len(trials) == 3 and lr in [t["lr"] for t in trials] and lr == again
     assert all(1e-6 <= t["lr"] <= 1e-3 and math.isfinite(t["val_loss"]) for t in trials)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_an_interrupted_run_resumes_without_losing_a_step(method, small_dataset, tiny_llama_dir, tmp_path):
+    """Ctrl-C during step 3 of 6, then the same call again: the same weights, history and best
+    point as one uninterrupted run, the artifact written only at the end."""
+    from training.mc_sft import checkpoint_path, train_mc
+
+    dataset = Dataset.load(small_dataset)
+    config = SftConfig(method=method, lr=1e-3, max_steps=6, eval_every=2, patience=100, batch_size=4,
+                       max_note_tokens=48, max_examples={"train": 16, "val": 12}, tasks=["mortality", "los"])
+    whole, whole_result = train_mc(dataset, tiny_llama_dir, tmp_path / "whole", config)
+
+    parts = tmp_path / "parts"
+    seen: list[int] = []
+
+    def ctrl_c_during_step_3(step: int, loss: float) -> None:
+        seen.append(step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C: noted, the step finishes, then a checkpoint
+
+    _, stopped = train_mc(dataset, tiny_llama_dir, parts, config, on_step=ctrl_c_during_step_3)
+    assert stopped.interrupted and stopped.steps == 3
+    assert checkpoint_path(parts).exists() and not (parts / "artifact.json").exists()
+    starts: list[int] = []
+    _, result = train_mc(dataset, tiny_llama_dir, parts, config, on_step=lambda step, loss: seen.append(step),
+                         on_start=starts.append)
+    assert starts == [3] and seen == [1, 2, 3, 4, 5, 6]  # no step lost, none repeated
+    assert not checkpoint_path(parts).exists() and (parts / "artifact.json").exists()
+    assert [(p.step, p.val_auroc) for p in result.history] == [(p.step, p.val_auroc) for p in whole_result.history]
+    notes = dataset.notes["text"].head(3).tolist()
+    a, _ = MultitaskScorer(load_model(whole, dtype="float32")).score(notes)
+    b, _ = MultitaskScorer(load_model(parts, dtype="float32")).score(notes)
+    for x, y in zip(a, b, strict=True):
+        for task in ("mortality", "los"):
+            np.testing.assert_allclose(x[task], y[task], atol=1e-6)
+
+
+def test_a_time_limit_stops_with_a_checkpoint_and_a_mismatched_run_is_refused(small_dataset, tiny_llama_dir, tmp_path):
+    from training.mc_sft import checkpoint_path, train_mc
+
+    dataset = Dataset.load(small_dataset)
+    config = SftConfig(method="full", lr=1e-3, max_steps=5, eval_every=5, batch_size=4, max_note_tokens=48,
+                       max_examples={"train": 12, "val": 10}, tasks=["mortality"], time_limit_s=0.0)
+    out, result = train_mc(dataset, tiny_llama_dir, tmp_path / "run", config)
+    assert result.interrupted and result.steps == 1 and checkpoint_path(out).exists()
+    other = SftConfig(**{**config.__dict__, "lr": 5e-4})
+    with pytest.raises(ValueError, match="checkpoint of another training run"):
+        train_mc(dataset, tiny_llama_dir, tmp_path / "run", other)
