@@ -61,8 +61,8 @@ def score_texts(model_dir: Path, texts: list[str], shas: list[str], base_fallbac
     encoding cache of training (same base, layer and truncation: the same vectors), so the
     reference and the gate's comparisons cost no new forward passes for notes already seen."""
     from lang1ops.artifact import ModelKind, resolve_base, weights_sha256
-    from serving.scorer import MultitaskScorer, NoteEncoder, load_model
-    from training.heads import encode_with_cache, encoder_fingerprint, softmax
+    from serving.scorer import MultitaskScorer, NoteEncoder, head_probabilities, load_model
+    from training.heads import encode_with_cache, encoder_fingerprint
 
     loaded = load_model(Path(model_dir), base_fallback, dtype=dtype)
     tokens = token_descriptors(texts, loaded.encoder)
@@ -74,10 +74,7 @@ def score_texts(model_dir: Path, texts: list[str], shas: list[str], base_fallbac
         encoder = NoteEncoder(loaded.model, loaded.encoder, [layer], max_batch_notes=8)
         frame = pd.DataFrame({"text": texts, "text_sha256": shas})
         vectors = encode_with_cache(encoder, frame, cache, fingerprint)[layer] if texts else np.zeros((0, 1), np.float32)
-        mean, scale = (t.cpu().numpy() for t in loaded.normalizer)
-        x = (vectors - mean) / scale
-        probs = {task: softmax(x @ w.cpu().numpy().T.astype(np.float64) + b.cpu().numpy())
-                 for task, (w, b) in loaded.heads.items()}
+        probs = head_probabilities(loaded, vectors, texts, list(loaded.heads))
         return ScoredTexts(probs, vectors.astype(np.float32), tokens["note_tokens"].to_numpy(),
                            tokens["truncated"].to_numpy())
     scorer = MultitaskScorer(loaded)

@@ -30,6 +30,7 @@ from lang1ops.artifact import (
 )
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.calibration import calibrated
+from lang1ops.ngrams import NGRAMS_FILE, NgramFeatures
 from lang1ops.prompts import PromptEncoder
 from lang1ops.tasks import TaskContract
 
@@ -67,6 +68,8 @@ class LoadedModel:
     pooling: Pooling | None = None  # heads: the pooled layer
     heads: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # task -> (weight k x H, bias k)
     normalizer: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, scale) of pooled features for heads
+    ngrams: NgramFeatures | None = None  # heads that also read the note's n-grams
+    ngram_heads: dict[str, torch.Tensor] | None = None  # task -> (k x vocabulary) weights on the n-grams
     manifest: ArtifactManifest | None = None
     version: str = ""
 
@@ -95,7 +98,34 @@ def load_model(artifact_dir: Path, base_fallback: Path | None = None, device: st
         loaded.normalizer = (tensors["mean"].to(device), tensors["scale"].to(device))
         loaded.heads = {t.name: (tensors[f"{t.name}.weight"].to(device), tensors[f"{t.name}.bias"].to(device))
                         for t in contract.tasks}
+        if (artifact_dir / NGRAMS_FILE).exists():
+            loaded.ngrams = NgramFeatures.load(artifact_dir, tensors["ngram_idf"].numpy())
+            loaded.ngram_heads = {t.name: tensors[f"{t.name}.ngram_weight"] for t in contract.tasks}
     return loaded
+
+
+def head_probabilities(loaded: LoadedModel, pooled: np.ndarray, texts: list[str], tasks: list[str]) -> dict[str, np.ndarray]:
+    """A heads model's calibrated class probabilities from the notes' pooled states (n, H) and,
+    for a model that reads them, the notes' n-grams: the one computation the service, the
+    evaluation and the drift loop's gate all use."""
+    mean, scale = (t.cpu().numpy() for t in loaded.normalizer)
+    x = (np.asarray(pooled, dtype=np.float32) - mean) / scale
+    grams = loaded.ngrams.transform(texts) if loaded.ngrams is not None and len(texts) else None
+    out = {}
+    for task in tasks:
+        weight, bias = (t.cpu().numpy() for t in loaded.heads[task])
+        logits = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
+        if grams is not None:
+            logits = logits + grams @ loaded.ngram_heads[task].numpy().T.astype(np.float64)
+        probs = softmax(logits)
+        out[task] = calibrated(probs, loaded.manifest.calibration.get(task)) if loaded.manifest else probs
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def decoder_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -204,7 +234,7 @@ class MultitaskScorer:
         encoded = [e.ids for e in encodings]
         out: list[NoteScore | None] = [None] * len(texts)
         for batch in self._batches(encoded, tasks):
-            probs, vectors = self._score_batch([encoded[i] for i in batch], tasks[batch[0]])
+            probs, vectors = self._score_batch([encoded[i] for i in batch], tasks[batch[0]], [texts[i] for i in batch])
             for row, i in enumerate(batch):
                 out[i] = NoteScore({t: p[row] for t, p in probs.items()}, vectors[row], encodings[i].kept_tokens,
                                    encodings[i].truncated)
@@ -231,11 +261,11 @@ class MultitaskScorer:
         return batches
 
     @torch.inference_mode()
-    def _score_batch(self, notes: list[list[int]], tasks: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _score_batch(self, notes: list[list[int]], tasks: list[str], texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         ids, mask = pad_batch(notes, self.pad_id, self.device)  # (B, L)
         if self.m.kind == ModelKind.HEADS:
-            pooled = pooled_layers(self.decoder, ids, mask, [self.m.pooling.layer])[self.m.pooling.layer]
-            return self._apply_heads(pooled, tasks), pooled.cpu().numpy()
+            pooled = pooled_layers(self.decoder, ids, mask, [self.m.pooling.layer])[self.m.pooling.layer].cpu().numpy()
+            return head_probabilities(self.m, pooled, texts, tasks), pooled
         out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=True)
         cache = out.past_key_values
         pooled = mean_pool(out.last_hidden_state, mask)
@@ -256,15 +286,6 @@ class MultitaskScorer:
             probs[task] = self._calibrated(task, torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy())
             cache.crop(-s)  # drop the question's keys/values: back to the note alone
         return probs, pooled.cpu().numpy()
-
-    def _apply_heads(self, pooled: torch.Tensor, tasks: list[str]) -> dict[str, np.ndarray]:
-        mean, scale = self.m.normalizer
-        x = (pooled - mean) / scale
-        out = {}
-        for task in tasks:
-            weight, bias = self.m.heads[task]
-            out[task] = self._calibrated(task, torch.softmax((x @ weight.T + bias).to(torch.float64), dim=-1).cpu().numpy())
-        return out
 
     def _calibrated(self, task: str, probs: np.ndarray) -> np.ndarray:
         # the artifact's validation-fitted map; none while training evaluates (no manifest yet)

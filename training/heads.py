@@ -14,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
 from lang1ops.artifact import ArtifactManifest, Method, ModelKind, Pooling, weights_sha256
 from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.ngrams import NgramFeatures
 from lang1ops.prompts import PromptEncoder
 from lang1ops.tasks import TaskContract
-from serving.scorer import NoteEncoder, choose_dtype
+from serving.scorer import NoteEncoder, choose_dtype, softmax
 from training.artifacts import remove_partial, start_artifact
 from training.calibration import fit_calibrations
 from training.dataset import Dataset
@@ -43,6 +45,10 @@ class HeadsConfig:
     seed: int = 0
     batch_notes: int = 8
     dtype: str = "auto"
+    # Also read the whole note's word 1-2-grams (TF-IDF, fitted on the training notes) beside the
+    # pooled state: one logistic regression over both (lang1ops.ngrams; docs/training.md measures it).
+    ngrams: bool = False
+    ngram_c_grid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
 
 
 class EncodingCache:
@@ -115,12 +121,6 @@ class HeadFit:
     n_train: int
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
              c_grid: tuple[float, ...], seed: int) -> HeadFit:
     """Logistic regression with C chosen on validation AUROC; weights as (k, H) logits."""
@@ -174,29 +174,41 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
 
     rows = {(s, t): task_rows(s, t) for s in notes for t in tasks}
     train_rows = np.array([row_of[n] for n in notes["train"]["note_id"]], dtype=int)
+    ngrams = NgramFeatures.fit(notes["train"]["text"].tolist()) if config.ngrams else None
+    grams = ngrams.transform(every["text"].tolist()) if ngrams else None
+    hidden = next(iter(vectors.values())).shape[1]
     per_layer = {}
     for layer, x_all in vectors.items():
         mean, scale = x_all[train_rows].mean(0), x_all[train_rows].std(0) + 1e-6
+        if ngrams:
+            scale = scale * np.sqrt(hidden)  # the pooled part's rows about unit length, like the TF-IDF rows beside it
         z = (x_all - mean) / scale
+        x = sp.hstack([sp.csr_matrix(z), grams]).tocsr() if ngrams else z
         fits = {}
         for t in tasks:
             (tr, ytr), (va, yva) = rows[("train", t)], rows[("val", t)]
-            fits[t] = fit_head(z[tr], ytr, z[va], yva, contract.task(t).n_classes, config.c_grid, config.seed)
+            fits[t] = fit_head(x[tr], ytr, x[va], yva, contract.task(t).n_classes,
+                               config.ngram_c_grid if ngrams else config.c_grid, config.seed)
         scores = [f.val_auroc for f in fits.values() if np.isfinite(f.val_auroc)]
-        per_layer[layer] = (float(np.mean(scores)) if scores else float("nan"), mean, scale, fits)
+        per_layer[layer] = (float(np.mean(scores)) if scores else float("nan"), mean, scale, fits, x)
     layer = max(per_layer, key=lambda k: np.nan_to_num(per_layer[k][0], nan=-1.0))
-    _, mean, scale, fits = per_layer[layer]
-    z = (vectors[layer] - mean) / scale
-    calibration = fit_calibrations({t: (softmax(z[rows[("val", t)][0]] @ fit.weight.T + fit.bias), rows[("val", t)][1])
+    _, mean, scale, fits, x = per_layer[layer]
+    calibration = fit_calibrations({t: (softmax(x[rows[("val", t)][0]] @ fit.weight.T + fit.bias), rows[("val", t)][1])
                                     for t, fit in fits.items()})
 
     tensors = {"mean": torch.tensor(mean, dtype=torch.float32), "scale": torch.tensor(scale, dtype=torch.float32)}
     for t, fit in fits.items():
-        tensors[f"{t}.weight"] = torch.tensor(fit.weight, dtype=torch.float32)
+        tensors[f"{t}.weight"] = torch.tensor(fit.weight[:, :hidden], dtype=torch.float32)
         tensors[f"{t}.bias"] = torch.tensor(fit.bias, dtype=torch.float32)
+        if ngrams:
+            tensors[f"{t}.ngram_weight"] = torch.tensor(fit.weight[:, hidden:], dtype=torch.float32)
+    if ngrams:
+        tensors["ngram_idf"] = torch.tensor(ngrams.idf, dtype=torch.float32)
     task_contract = contract.model_copy(update={"tasks": [contract.task(t) for t in tasks]})
     sizes = {s: {t: int(len(rows[(s, t)][1])) for t in tasks} for s in notes}
-    hyper = {"layer": layer, "pooling": "mean", "candidate_layers": list(config.layers), "c_grid": list(config.c_grid),
+    hyper = {"layer": layer, "pooling": "mean", "candidate_layers": list(config.layers),
+             "c_grid": list(config.ngram_c_grid if ngrams else config.c_grid),
+             "ngrams": {"terms": ngrams.size, "fitted_on_notes": len(notes["train"])} if ngrams else None,
              "layer_val_auroc": {str(k): v[0] for k, v in per_layer.items()}, "seed": config.seed,
              "heads": {t: {"C": f.c, "val_auroc": f.val_auroc, "n_train": f.n_train} for t, f in fits.items()}}
     try:
@@ -205,6 +217,8 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
                        data={"dataset": str(dataset.path), "windows": dataset.info.get("windows"), "examples": sizes},
                        hyperparameters=hyper, lineage=lineage)
         save_file(tensors, str(Path(out_dir) / "heads.safetensors"))
+        if ngrams:
+            ngrams.save(out_dir)
         manifest = ArtifactManifest.load(out_dir)
         manifest.wall_time_s = round(time.perf_counter() - started, 1)
         manifest.calibration = calibration

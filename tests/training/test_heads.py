@@ -84,3 +84,26 @@ def test_the_gpu_profile_serves_heads_with_the_pytorch_scorer(heads_artifact, sm
     model, scorer = active.snapshot()
     [score] = scorer.score_notes(Dataset.load(small_dataset).notes["text"].head(1).tolist())
     assert model.kind == ModelKind.HEADS and set(score.probabilities) == set(DEFAULT_CONTRACT.names)
+
+
+def test_heads_with_ngrams_round_trip_and_every_reader_agrees(small_dataset, tiny_llama_dir, tmp_path):
+    """Heads that also read the note's n-grams: the artifact holds the vocabulary as data, the
+    service's scorer and the drift loop's scoring give the same (calibrated) probabilities, and
+    the n-grams matter (zeroing their weights changes the answer)."""
+    from lang1ops.ngrams import NGRAMS_FILE
+    from monitoring.drift import score_texts
+
+    dataset = Dataset.load(small_dataset)
+    out = train_heads(dataset, tiny_llama_dir, tmp_path / "hybrid",
+                      HeadsConfig(layers=(1, 2), max_note_tokens=48, max_notes={"train": 250, "val": 80}, ngrams=True))
+    manifest = ArtifactManifest.load(out)
+    assert (out / NGRAMS_FILE).exists() and manifest.hyperparameters["ngrams"]["terms"] > 100
+    notes = dataset.notes.head(6)
+    served, _ = MultitaskScorer(load_model(out)).score(notes["text"].tolist())
+    scored = score_texts(out, notes["text"].tolist(), notes["text_sha256"].tolist())
+    for task in manifest.hyperparameters["heads"]:
+        np.testing.assert_allclose(np.stack([s[task] for s in served]), scored.probabilities[task], atol=1e-6)
+    without = load_model(out)
+    without.ngram_heads = {t: w * 0 for t, w in without.ngram_heads.items()}
+    plain, _ = MultitaskScorer(without).score(notes["text"].tolist())
+    assert any(not np.allclose(plain[i]["cci"], served[i]["cci"]) for i in range(6))
