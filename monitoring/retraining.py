@@ -105,7 +105,7 @@ def default_trainer(settings: DriftLoopSettings, base_dir: Path, max_note_tokens
     def heads(dataset, out_dir: Path, lineage: dict) -> Path:
         from training.heads import HeadsConfig, train_heads
 
-        config = HeadsConfig(layers=tuple(settings.heads_layers), max_note_tokens=max_note_tokens,
+        config = HeadsConfig(layers=tuple(settings.heads_layers), max_note_tokens=max_note_tokens, ngrams=settings.heads_ngrams,
                              max_notes={"train": settings.max_train_notes, "val": max(50, settings.max_train_notes // 4)})
         return train_heads(dataset, base_dir, out_dir, config, name=name, cache=cache, lineage=lineage)
 
@@ -280,26 +280,7 @@ class RetrainingLoop:
 
     def compare(self, champion_dir: Path, candidate_dir: Path, dataset, split: str):
         """Labels and both models' probabilities for every task both answer, on `split`'s notes."""
-        from lang1ops.artifact import load_artifact_contract
-        from monitoring.drift import score_texts
-
-        notes = dataset.notes[dataset.notes["split"] == split].reset_index(drop=True)
-        texts, shas = notes["text"].tolist(), notes["text_sha256"].tolist()
-        row = {n: i for i, n in enumerate(notes["note_id"])}
-        scored = {which: score_texts(path, texts, shas, self.base_fallback, self.cache)
-                  for which, path in (("champion", champion_dir), ("candidate", candidate_dir))}
-        tasks = [t for t in load_artifact_contract(candidate_dir).names
-                 if t in load_artifact_contract(champion_dir).names]
-        y, a, b = {}, {}, {}
-        for task in tasks:
-            frame = dataset.task_frame(task, split)
-            if frame.empty:
-                continue
-            rows = np.array([row[n] for n in frame["note_id"]])
-            y[task] = frame["label"].to_numpy()
-            a[task] = scored["champion"].probabilities[task][rows]
-            b[task] = scored["candidate"].probabilities[task][rows]
-        return y, a, b
+        return compare_on_split(champion_dir, candidate_dir, dataset, split, self.base_fallback, self.cache)
 
     def _reference(self, version, dataset, event) -> None:
         """The new champion's drift reference: its own training notes."""
@@ -311,3 +292,29 @@ class RetrainingLoop:
         reference = build_reference(version.path, dataset, path, self.settings, version.version, self.base_fallback,
                                     self.cache)
         event("reference", "ok", path=str(path), notes=reference.info["n"])
+
+
+def compare_on_split(champion_dir: Path, candidate_dir: Path, dataset, split: str, base_fallback: Path | None = None,
+                     cache=None):
+    """Labels and both models' probabilities (as the service computes them) for every task both
+    answer, on `split`'s notes: what `training.registry.promotion_gate` judges."""
+    from lang1ops.artifact import load_artifact_contract
+    from monitoring.drift import score_texts
+
+    notes = dataset.notes[dataset.notes["split"] == split].reset_index(drop=True)
+    texts, shas = notes["text"].tolist(), notes["text_sha256"].tolist()
+    row = {n: i for i, n in enumerate(notes["note_id"])}
+    scored = {which: score_texts(path, texts, shas, base_fallback, cache)
+              for which, path in (("champion", champion_dir), ("candidate", candidate_dir))}
+    tasks = [t for t in load_artifact_contract(candidate_dir).names
+             if t in load_artifact_contract(champion_dir).names]
+    y, a, b = {}, {}, {}
+    for task in tasks:
+        frame = dataset.task_frame(task, split)
+        if frame.empty:
+            continue
+        rows = np.array([row[n] for n in frame["note_id"]])
+        y[task] = frame["label"].to_numpy()
+        a[task] = scored["champion"].probabilities[task][rows]
+        b[task] = scored["candidate"].probabilities[task][rows]
+    return y, a, b

@@ -57,6 +57,8 @@ class DriftLoopSettings(BaseModel):
                          description="auto: mc-sft (LoRA) when device is cuda, heads otherwise.")
     device: str = Field("cpu", description="cpu or cuda: where candidates are trained.")
     heads_layers: list[int] = Field([1, 2, 4], description="heads: candidate layers, chosen on validation.")
+    heads_ngrams: bool = Field(False, description="heads: also read the note's word 1-2-grams (see docs/training.md, "
+                               "fast-path candidates).")
     max_train_notes: int = Field(3000, ge=10, description="Cap on training notes of a candidate.")
     gate_resamples: int = Field(1000, ge=10, description="Paired bootstrap resamples of the promotion gate.")
     trigger_labels: dict[str, str] = Field({"action": "retrain"},
