@@ -76,9 +76,11 @@ def tfidf_predictions(dataset: Dataset, tasks: list[str], split: str, frames: di
     out = {}
     for task in tasks:
         if task not in fitted:
-            train = dataset.task_frame(task, "train")
+            train, val = dataset.task_frame(task, "train"), dataset.task_frame(task, "val")
+            # the whole training split, C chosen on validation: the baseline at its best
             fitted[task] = TfidfBaseline.fit(train["text"].tolist(), train["label"].to_numpy(),
-                                             dataset.contract.task(task).n_classes)
+                                             dataset.contract.task(task).n_classes, val_texts=val["text"].tolist(),
+                                             val_labels=val["label"].to_numpy())
         out[task] = fitted[task].predict_proba(frames[task]["text"].tolist()) if len(frames[task]) else np.zeros(
             (0, dataset.contract.task(task).n_classes))
     return out

@@ -222,3 +222,22 @@ def test_model_card_shows_events_and_says_when_a_class_is_absent_or_rare():
     assert next(line for line in lines if line.startswith("| cci")).split(" | ")[2] == "400/150/40/10/0"
     assert "- mortality: class 1 (7) has under 10 notes" in markdown
     assert "- cci: class 4 absent from this sample" in markdown
+
+
+def test_tfidf_baseline_chooses_c_on_validation():
+    from training.baselines import TfidfBaseline
+
+    rng = np.random.default_rng(0)
+    words = ["pain", "stable", "admitted", "history", "fever", "cough", "walks", "home"]
+
+    def notes(n):
+        y = (rng.random(n) < 0.3).astype(int)
+        texts = [" ".join(rng.choice(words, 12)) + (" sepsis shock" if label and rng.random() < 0.8 else " routine")
+                 for label in y]
+        return texts, y
+
+    (train_x, train_y), (val_x, val_y) = notes(300), notes(150)
+    tuned = TfidfBaseline.fit(train_x, train_y, 2, val_texts=val_x, val_labels=val_y, c_grid=(0.001, 10.0))
+    assert tuned.classifier.C == 10.0  # C=0.001 flattens every score: the grid's other value wins on validation
+    assert auroc(val_y, tuned.predict_proba(val_x)) > 0.8
+    assert TfidfBaseline.fit(train_x, train_y, 2).classifier.C == 1.0  # without validation notes: the given C
