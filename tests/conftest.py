@@ -123,6 +123,22 @@ def no_ray_left_behind(request: pytest.FixtureRequest):
         pytest.fail(f"{request.module.__name__} left Ray running in the test process", pytrace=False)
 
 
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_llama_dir: Path):
+    """Settings of one test: home, registry and encoding cache under tmp_path, the tiny Llama as
+    base, 64-token notes. Yields tmp_path."""
+    from lang1ops.settings import get_settings
+
+    monkeypatch.setenv("LANG1OPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LANG1OPS_REGISTRY_DIR", str(tmp_path / "registry"))
+    monkeypatch.setenv("LANG1OPS_ENCODING_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.setenv("LANG1OPS_MODEL__BASE_MODEL_DIR", str(tiny_llama_dir))
+    monkeypatch.setenv("LANG1OPS_MODEL__MAX_NOTE_TOKENS", "64")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def make_tiny_tokenizer() -> Callable[..., PreTrainedTokenizerFast]:
     return build_tiny_tokenizer

@@ -10,16 +10,9 @@ from training.registry import Registry
 
 
 @pytest.fixture
-def demo_settings(monkeypatch, tmp_path, tiny_llama_dir):
-    monkeypatch.setenv("LANG1OPS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LANG1OPS_REGISTRY_DIR", str(tmp_path / "registry"))
-    monkeypatch.setenv("LANG1OPS_ENCODING_CACHE", str(tmp_path / "cache.sqlite"))
-    monkeypatch.setenv("LANG1OPS_MODEL__BASE_MODEL_DIR", str(tiny_llama_dir))
-    monkeypatch.setenv("LANG1OPS_MODEL__MAX_NOTE_TOKENS", "64")
+def demo_settings(settings_env, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_HEADS_LAYERS", (2,))  # the tiny Llama has two layers
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return get_settings()
 
 
 def test_the_gate_judges_the_second_candidate_and_the_audit_says_why(demo_settings, small_dataset, tmp_path):

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from lang1ops.cli import app
-from lang1ops.settings import get_settings
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def settings_env(monkeypatch, tmp_path, tiny_llama_dir):
-    monkeypatch.setenv("LANG1OPS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LANG1OPS_REGISTRY_DIR", str(tmp_path / "registry"))
-    monkeypatch.setenv("LANG1OPS_ENCODING_CACHE", str(tmp_path / "cache.sqlite"))
-    monkeypatch.setenv("LANG1OPS_MODEL__BASE_MODEL_DIR", str(tiny_llama_dir))
-    monkeypatch.setenv("LANG1OPS_MODEL__MAX_NOTE_TOKENS", "64")
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
 
 
 def test_train_heads_register_evaluate_promote(settings_env, small_dataset):
