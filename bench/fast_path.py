@@ -123,11 +123,12 @@ def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train
     settings = get_settings()
     dataset = Dataset.load(Path(dataset_dir or Path("var/demo/dataset")))
     base = Path(base_dir or settings.model.base_model_dir)
-    train = train or {"admission_hp": 2400, "discharge_summary": 800}
-    val = val or {"admission_hp": 400, "discharge_summary": 150}
+    # default: every training and validation note (the whole split, as TF-IDF gets it)
+    train = train or {"admission_hp": 10**6, "discharge_summary": 10**6}
+    val = val or {"admission_hp": 10**6, "discharge_summary": 10**6}
     splits = sorted(s for s in dataset.labels["split"].unique() if s.startswith("temporal"))
     test_split = test_split or splits[-1]
-    test = test or {"admission_hp": 1000, "discharge_summary": 300}
+    test = test or {"admission_hp": 1500, "discharge_summary": 500}
     notes = {"train": sample(dataset, "train", train, seed), "val": sample(dataset, "val", val, seed),
              test_split: sample(dataset, test_split, test, seed)}
     every = pd.concat(notes.values()).drop_duplicates("note_id")
