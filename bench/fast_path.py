@@ -119,7 +119,7 @@ def _proba(clf: LogisticRegression, x, n_classes: int) -> np.ndarray:
 def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train: dict[str, int] | None = None,
         val: dict[str, int] | None = None, test: dict[str, int] | None = None, test_split: str | None = None,
         max_note_tokens: int = 512, base_dir: Path | None = None, doc: Path | None = None, seed: int = 0,
-        n_resamples: int = 1000) -> str:
+        n_resamples: int = 1000, cache_dir: Path = Path("var/bench/fast_path")) -> str:
     settings = get_settings()
     dataset = Dataset.load(Path(dataset_dir or Path("var/demo/dataset")))
     base = Path(base_dir or settings.model.base_model_dir)
@@ -137,7 +137,7 @@ def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train
     prompt = PromptEncoder(load_tokenizer(base), dataset.contract, max_note_tokens)
     key = hashlib.sha256(f"{weights_sha256(base)}:{max_note_tokens}:{model.dtype}:{sorted(layers)}".encode()
                          + "".join(every["text_sha256"]).encode()).hexdigest()[:16]
-    cache = Path("var/bench/fast_path") / f"{key}.npz"
+    cache = Path(cache_dir) / f"{key}.npz"
     started = time.perf_counter()
     if cache.exists():
         stored = np.load(cache)

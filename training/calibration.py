@@ -13,7 +13,8 @@ MIN_EXAMPLES = 30  # fewer validation notes than this: no map (the raw softmax i
 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> TaskCalibration | None:
     """The map for one task from validation probabilities (n, k) and labels (n,); None when the
-    validation sample cannot support one (too small, or a single class)."""
+    validation sample cannot support one (too small, or a single class) or the fitted map would
+    leave its ECE worse."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=int)
     if len(labels) < MIN_EXAMPLES or len(np.unique(labels)) < 2:
         return None
@@ -40,7 +41,9 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> TaskCalibration | 
         result = TaskCalibration(method="temperature", temperature=float(np.exp(fit.x)), n=len(labels))
     result.ece_before = float(expected_calibration_error(labels, probs))
     result.ece_after = float(expected_calibration_error(labels, calibrated(probs, result)))
-    return result
+    # the map minimises validation log-loss; on a small sample that can still leave the binned
+    # calibration worse (top-label ECE over a few dozen notes is noisy): then serve the raw softmax
+    return result if result.ece_after <= result.ece_before else None
 
 
 def fit_calibrations(val_probs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, TaskCalibration]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+import bench.fast_path
 import bench.faults
 import bench.generator
 import bench.gpu
@@ -37,6 +38,17 @@ def test_training(tiny_llama_dir, doc):
     body = bench.training.run(train_notes=40, val_notes=20, base_dir=tiny_llama_dir, patients=120, max_note_tokens=64,
                               layers=(1, 2), doc=doc)
     assert "cold" in body and "warm" in body
+
+
+def test_fast_path_table(tiny_llama_dir, small_dataset, doc, tmp_path):
+    def table():
+        return bench.fast_path.run(dataset_dir=small_dataset, base_dir=tiny_llama_dir, layers=(1, 2), max_note_tokens=48,
+                                   n_resamples=20, doc=doc, cache_dir=tmp_path / "cache")
+
+    body = table()
+    rows = [line for line in body.splitlines() if line.startswith("| layer") or line.startswith("| TF-IDF")]
+    assert len(rows) == 2 * 5 + 2 and "min," in body  # 2 layers x (4 poolings + n-grams), 2 TF-IDF rows; encoded
+    assert "read from the cache" in table()  # a rerun refits only
 
 
 def test_memory(tiny_llama_dir, doc):
