@@ -117,9 +117,14 @@ def head_probabilities(loaded: LoadedModel, pooled: np.ndarray, texts: list[str]
         logits = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
         if grams is not None:
             logits = logits + grams @ loaded.ngram_heads[task].numpy().T.astype(np.float64)
-        probs = softmax(logits)
-        out[task] = calibrated(probs, loaded.manifest.calibration.get(task)) if loaded.manifest else probs
+        out[task] = served_probabilities(loaded, task, softmax(logits))
     return out
+
+
+def served_probabilities(loaded: LoadedModel, task: str, probs: np.ndarray) -> np.ndarray:
+    """`probs` through the artifact's validation-fitted calibration map of `task`; unchanged while
+    training evaluates a model that has no manifest yet."""
+    return calibrated(probs, loaded.manifest.calibration.get(task)) if loaded.manifest else probs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -283,10 +288,6 @@ class MultitaskScorer:
             logits = hidden.to(torch.float32) @ option_rows.to(torch.float32).T  # (B, k)
             if getattr(self.lm_head, "bias", None) is not None:
                 logits = logits + self.lm_head.bias[self.m.encoder.option_token_ids(task)].to(torch.float32)
-            probs[task] = self._calibrated(task, torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy())
+            probs[task] = served_probabilities(self.m, task, torch.softmax(logits.to(torch.float64), dim=-1).cpu().numpy())
             cache.crop(-s)  # drop the question's keys/values: back to the note alone
         return probs, pooled.cpu().numpy()
-
-    def _calibrated(self, task: str, probs: np.ndarray) -> np.ndarray:
-        # the artifact's validation-fitted map; none while training evaluates (no manifest yet)
-        return calibrated(probs, self.m.manifest.calibration.get(task)) if self.m.manifest else probs
