@@ -31,7 +31,8 @@ def _worker(cfg: dict) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    config = SftConfig(**cfg["config"])
+    # DDP synchronises gradients through the wrapped model's forward: one prompt per example here
+    config = SftConfig(**{**cfg["config"], "shared_notes": False})
     if cfg["use_gpu"]:
         config.device = str(ray.train.torch.get_device())
     dataset, base = Dataset.load(cfg["dataset"]), Path(cfg["base"])

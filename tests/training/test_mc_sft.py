@@ -19,12 +19,15 @@ from training.dataset import Dataset
 from training.mc_sft import (
     EvenTaskSampler,
     Example,
+    NoteItem,
     SftConfig,
     collate,
+    collate_notes,
     lr_search,
     make_model,
     option_loss,
     prepare,
+    shared_option_loss,
     train_loop,
     write_mc_artifact,
 )
@@ -61,6 +64,44 @@ def test_padded_batch_loss_equals_unpadded_per_example_loss(tiny_llama_dir, enco
             logits = model(input_ids=torch.tensor([e.ids])).logits[0, -1, e.options]
             by_hand.append(-torch.log_softmax(logits, -1)[e.label])
     assert float(together) == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_shared_note_loss_and_gradients_equal_separate_prompts(method, tiny_llama_dir, encoder):
+    """Each note encoded once and asked its questions from the kept keys/values trains on the same
+    loss, with the same gradients, as every (note, question) pair run as its own prompt."""
+    notes = ["short note", "a much longer note about chest pain and shortness of breath for three days " * 3,
+             "discharged home on aspirin"]
+    items = [NoteItem(encoder.encode_note(notes[0]), "hp", {"mortality": 1, "los": 2, "denial": 0}),
+             NoteItem(encoder.encode_note(notes[1]), "hp", {"mortality": 0, "cci": 3}),  # no los or denial label
+             NoteItem(encoder.encode_note(notes[2]), "ds", {"readmission": 1})]
+    pairs = [Example(encoder.prompt_ids(n, t), t, y, encoder.option_token_ids(t))
+             for n, item in zip(notes, items, strict=True) for t, y in item.labels.items()]
+
+    def loss_and_grads(compute):
+        torch.manual_seed(0)
+        model = make_model(tiny_llama_dir, SftConfig(method=method, lora_dropout=0.0))
+        loss = compute(model)
+        loss.backward()
+        return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    shared, shared_grads = loss_and_grads(lambda m: shared_option_loss(m, collate_notes(items, encoder, "cpu"), encoder))
+    separate, separate_grads = loss_and_grads(lambda m: option_loss(m, collate(pairs, encoder.tokenizer.pad_token_id, "cpu")))
+    assert shared == pytest.approx(separate, abs=1e-5)
+    for name, grad in separate_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shared_notes_train_on_the_same_examples_with_tasks_mixed_evenly(small_dataset, tiny_llama_dir):
+    dataset = Dataset.load(small_dataset)
+    _, _, by_note, _ = prepare(dataset, tiny_llama_dir, SftConfig(max_note_tokens=32, shared_notes=True))
+    _, _, by_example, _ = prepare(dataset, tiny_llama_dir, SftConfig(max_note_tokens=32, shared_notes=False))
+    pairs = sorted((t, y) for items in by_note.values() for item in items for t, y in item.labels.items())
+    assert pairs == sorted((e.task, e.label) for examples in by_example.values() for e in examples)
+    sampler = EvenTaskSampler(by_note, batch_size=2 * len(by_note), seed=0)
+    for _ in range(5):
+        groups = [item.group for item in sampler.next_batch()]
+        assert sorted(groups) == sorted(list(by_note) * 2)  # every note type in every batch, equally
 
 
 def test_batches_mix_tasks_evenly():
