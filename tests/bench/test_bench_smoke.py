@@ -14,6 +14,7 @@ import bench.memory
 import bench.profile_scorer
 import bench.scoring
 import bench.service
+import bench.train_step
 import bench.training
 
 
@@ -81,3 +82,8 @@ def test_faults(tiny_llama_dir, doc):
                             max_note_tokens=64)
     assert "every accepted note persisted, none stored twice, none for another patient" in body, body
     assert body.count("pid ") == 3, body  # the three kills happened
+
+
+def test_train_step(tiny_llama_dir, doc):
+    body = bench.train_step.run(tiny_llama_dir, steps=2, notes_per_type=1, note_tokens=48, doc=doc)
+    assert "shared note" in body and "one prompt per pair" in body and "% of peak" in body
