@@ -26,13 +26,13 @@ from sklearn.linear_model import LogisticRegression
 from bench.report import machine, write_section
 from lang1ops.artifact import weights_sha256
 from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.metrics import auroc
 from lang1ops.progress import progress_bar
 from lang1ops.prompts import PromptEncoder
+from lang1ops.scorer import choose_dtype, decoder_parts, pad_batch
 from lang1ops.settings import get_settings
-from serving.scorer import choose_dtype, decoder_parts, pad_batch
 from training.dataset import Dataset
 from training.evaluate import bootstrap_auroc
-from training.metrics import auroc
 
 COMMAND = "python -m bench fast_path"
 POOLS = ("mean", "max", "last")

@@ -34,12 +34,12 @@ import httpx
 import psutil
 
 from bench.report import machine, write_section
+from lang1ops.registry import Registry
 from lang1ops.settings import Settings, get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.auth import ApiKey, AuthSettings, Role, hash_api_key
 from serving.store import Store
 from training.artifacts import zero_shot_artifact
-from training.registry import Registry
 
 COMMAND = "python -m bench faults"
 KEY = "bench-faults-key"
@@ -141,7 +141,7 @@ def one_backend(store_url: str, label: str, base_dir: Path, root: Path, minutes:
                 max_note_tokens: int = 256) -> dict:
     from ray import serve
 
-    from serving.app import run as run_service
+    from app.service import run as run_service
 
     registry = Registry(root / "registry")
     artifact = zero_shot_artifact(base_dir, root / "artifact", DEFAULT_CONTRACT, max_note_tokens, name="lang1-ops")

@@ -61,7 +61,7 @@ def run(n_notes: int = 512, repeats: int = 3, doc: Path | None = None) -> str:
     from bench.scoring import flops_per_note, long_notes
     from lang1ops.base_model import load_tokenizer
     from lang1ops.prompts import PromptEncoder
-    from serving.scorer import MultitaskScorer, load_model
+    from lang1ops.scorer import MultitaskScorer, load_model
     from serving.vllm_backend import VllmScorer, vllm_available
     from training.artifacts import zero_shot_artifact
 

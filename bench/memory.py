@@ -19,7 +19,7 @@ CHILD = r"""
 import json, sys, torch
 from pathlib import Path
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import MultitaskScorer, load_model
+from lang1ops.scorer import MultitaskScorer, load_model
 from training.artifacts import zero_shot_artifact
 base, tmp, dtype, batch = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 
@@ -54,7 +54,7 @@ def run(base_dir: Path | None = None, batches: tuple[int, ...] = (1, 2, 4, 8, 16
     base = Path(base_dir or get_settings().model.base_model_dir)
     from bench.scoring import long_notes
     from lang1ops.base_model import load_tokenizer
-    from serving.scorer import cpu_has_native_bf16
+    from lang1ops.scorer import cpu_has_native_bf16
 
     bf16_native = cpu_has_native_bf16()
     notes = long_notes(max(batches), load_tokenizer(base), 512)

@@ -17,9 +17,9 @@ from torch.profiler import ProfilerActivity, profile
 from bench.report import machine, write_section
 from bench.scoring import long_notes
 from lang1ops.base_model import load_tokenizer
+from lang1ops.scorer import MultitaskScorer, load_model
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import MultitaskScorer, load_model
 from training.artifacts import zero_shot_artifact
 
 COMMAND = "python -m bench profile_scorer"

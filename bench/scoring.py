@@ -3,7 +3,7 @@ the machine's own matrix-multiply peak measured in the same run.
 
 (a) naive: what a hospital engineer writes first: for each note and each of the five tasks,
     `model(prompt).logits[0, -1]` in fp32, batch size 1, plain transformers.
-(b) lang1-ops: `serving.scorer.MultitaskScorer`: the note encoded once, the five questions
+(b) lang1-ops: `lang1ops.scorer.MultitaskScorer`: the note encoded once, the five questions
     branched off its cached keys/values, option logits only, notes batched, dtype auto.
 Both score the same 512-token notes with the same weights and must agree within 1e-3.
 """
@@ -22,10 +22,10 @@ import torch
 from bench.report import Measurement, machine, write_section
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.prompts import PromptEncoder, score_naive
+from lang1ops.scorer import MultitaskScorer, choose_dtype, load_model
 from lang1ops.settings import get_settings
 from lang1ops.synthetic import HospitalSpec, generate_hospital
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import MultitaskScorer, choose_dtype, load_model
 from training.artifacts import zero_shot_artifact
 
 COMMAND = "python -m bench scoring"
@@ -145,7 +145,7 @@ def run(base_dir: Path | None = None, n_notes: int = 32, n_naive: int = 4, repea
 
 Command: `{COMMAND}`. Machine: {machine()}.
 Native bf16 matmul on this CPU (AVX-512 BF16 or AMX): {"yes" if "bfloat16" in ours else "no"}; the service's
-`dtype: auto` serves in **{served}** here (`serving.scorer.choose_dtype`).
+`dtype: auto` serves in **{served}** here (`lang1ops.scorer.choose_dtype`).
 
 | figure | median | spread |
 |---|---|---|

@@ -21,12 +21,12 @@ import numpy as np
 from bench.report import Measurement, machine, write_section
 from bench.scoring import long_notes
 from lang1ops.base_model import load_tokenizer
+from lang1ops.registry import Registry
+from lang1ops.scorer import MultitaskScorer, load_model
 from lang1ops.settings import Settings, get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.auth import ApiKey, AuthSettings, Role, hash_api_key
-from serving.scorer import MultitaskScorer, load_model
 from training.artifacts import zero_shot_artifact
-from training.registry import Registry
 
 COMMAND = "python -m bench service"
 KEY = "bench-key"
@@ -52,7 +52,7 @@ def run(base_dir: Path | None = None, n_notes: int = 48, clients: int = 16, late
         repeats: int = 3, min_tokens: int = 512, doc: Path | None = None, kind: str = "mc") -> str:
     from ray import serve
 
-    from serving.app import run as run_service
+    from app.service import run as run_service
 
     base_dir = Path(base_dir or get_settings().model.base_model_dir)
     notes = long_notes(n_notes, load_tokenizer(base_dir), min_tokens)

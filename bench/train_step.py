@@ -22,9 +22,9 @@ from bench.report import machine, write_section
 from bench.scoring import flops_per_note, long_notes, matmul_peak
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.prompts import PromptEncoder
+from lang1ops.scorer import cpu_has_native_bf16
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import cpu_has_native_bf16
 from training.mc_sft import Example, NoteItem, collate, collate_notes, option_loss, shared_option_loss
 
 COMMAND = "python -m bench train_step"

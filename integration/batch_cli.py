@@ -17,9 +17,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from integration.bulk_config import BulkSettings
 from lang1ops.progress import console as progress_console
 from lang1ops.progress import progress_bar
+from lang1ops.settings.bulk import BulkSettings
 
 app = typer.Typer(no_args_is_help=True, help="Bulk Data export, overnight batch scoring and the outcomes feed.")
 stdout = Console()

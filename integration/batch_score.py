@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from integration.fhir_source import ProblemLog, iter_resources, load_manifest
-from integration.notes import reference_id
+from lang1ops.fhir_source import ProblemLog, iter_resources, load_manifest
+from lang1ops.notes import reference_id
+from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import TaskContract
 from serving.api import ApiError, ModelInfo, ScoreReply, ScoringService
 from serving.auth import Principal, Role
-from serving.config import ApiSettings
 from serving.fhir_output import operation_outcome
 from serving.store import Store
 

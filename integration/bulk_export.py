@@ -10,7 +10,7 @@ The asynchronous request pattern of the Bulk Data IG (v2):
 4. DELETE the status URL, so the server may free the files.
 
 The download directory gets a `manifest.json` whose urls name the local files, so
-`integration.fhir_source.iter_resources` (and `lang1ops data build`) read it as an export.
+`lang1ops.fhir_source.iter_resources` (and `lang1ops data build`) read it as an export.
 
 Exports hold PHI: nothing here logs or raises with resource content; errors carry HTTP
 status codes and the server's OperationOutcome issue codes and diagnostics.
@@ -31,7 +31,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from integration.bulk_config import BulkExportSettings
+from lang1ops.settings.bulk import BulkExportSettings
 
 log = logging.getLogger("lang1ops.bulk")
 

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import jwt
 
-from integration.cds_config import CdsClient, CdsHooksSettings
+from lang1ops.settings.cds_hooks import CdsClient, CdsHooksSettings
 from serving.auth import (
     MAX_CREDENTIAL_CHARS,
     AuthError,

@@ -35,8 +35,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 
 from integration.cds_auth import CdsCaller, CdsJwtVerifier
-from integration.cds_config import CdsHooksSettings, IndicatorThresholds
-from integration.notes import aware_datetime, reference_id
+from lang1ops.notes import aware_datetime, reference_id
+from lang1ops.settings.cds_hooks import CdsHooksSettings, IndicatorThresholds
 from lang1ops.tasks import LOINC, NoteType, TaskContract, TaskSpec
 from serving.api import FHIR_ID, ApiError, read_json_body
 from serving.auth import AuthError, Principal, Role, TokenReplayLog

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from integration.client_config import SubscriptionSettings
 from integration.work_queue import WorkQueue
+from lang1ops.settings.fhir_client import SubscriptionSettings
 
 app = typer.Typer(help="EHR integration: Subscriptions worker and its durable queue.", no_args_is_help=True)
 stdout = Console()

@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 
 import httpx
 
-from integration.client_config import FhirClientSettings
 from integration.smart_auth import TokenRequestError, outbound_auth
+from lang1ops.settings.fhir_client import FhirClientSettings
 
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504, 500})

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from integration.bulk_config import OutcomesFeedSettings
+from lang1ops.settings.bulk import OutcomesFeedSettings
 from lang1ops.tasks import DEFAULT_CONTRACT, TaskContract
 from serving.store import Prediction, ScoredNote, Store
 from training.labels import EncounterRecord, HospitalRecords, NoLabel, task_label

@@ -32,11 +32,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from integration.client_config import SubscriptionSettings
 from integration.fhir_client import FhirClient, FhirError, FhirNotFound
-from integration.notes import reference_id
 from integration.work_queue import Job, WorkQueue
 from integration.writeback import write_risk_assessments
+from lang1ops.notes import reference_id
+from lang1ops.settings.fhir_client import SubscriptionSettings
 from serving.api import ApiError, ScoringService, read_json_body
 from serving.auth import Principal, Role, require_role
 from serving.fhir_output import operation_outcome

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from integration.client_config import WorkQueueSettings
+from lang1ops.settings.fhir_client import WorkQueueSettings
 from serving.store import Store, UTCDateTime, table_metadata
 
 JobStatus = Literal["pending", "claimed", "done", "dead"]

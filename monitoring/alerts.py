@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from monitoring.config import AlertWebhookSettings
+from lang1ops.settings.monitoring import AlertWebhookSettings
 from serving.api import ApiError
 from serving.auth import Principal, Role, hash_api_key, require_role
 from serving.store import Store, UTCDateTime, table_metadata

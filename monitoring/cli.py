@@ -30,10 +30,10 @@ def fail(message: str) -> typer.Exit:
 
 def _context():
     """(Settings, DriftLoopSettings, Store, Registry) from the one Settings object."""
+    from lang1ops.registry import Registry
     from lang1ops.settings import get_settings
-    from monitoring.settings_model import DriftLoopSettings
+    from lang1ops.settings.drift_loop import DriftLoopSettings
     from serving.store import Store
-    from training.registry import Registry
 
     settings = get_settings()
     loop = getattr(settings.monitoring, "loop", None) or DriftLoopSettings()
@@ -211,8 +211,8 @@ def scenario(
 ) -> None:
     """The temporal-shift scenario: stale champion, drift detected, retrained, promoted, better."""
     from lang1ops.settings import get_settings
+    from lang1ops.settings.drift_loop import DriftLoopSettings
     from monitoring.scenario import ScenarioConfig, fast_settings, run_scenario
-    from monitoring.settings_model import DriftLoopSettings
 
     settings = get_settings()
     config = ScenarioConfig(workdir=workdir, base_dir=base or settings.model.base_model_dir,

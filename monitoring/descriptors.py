@@ -116,8 +116,8 @@ def texts_by_sha(source: Path, wanted: set[str] | None = None) -> dict[str, str]
             if wanted is None or sha in wanted:
                 out[sha] = text
         return out
-    from integration.fhir_source import ProblemLog, iter_resources
-    from integration.notes import NoteError, note_from_resource
+    from lang1ops.fhir_source import ProblemLog, iter_resources
+    from lang1ops.notes import NoteError, note_from_resource
 
     for resource, _ in iter_resources(source, ProblemLog()):
         if resource.get("resourceType") not in ("DocumentReference", "DiagnosticReport", "Composition"):

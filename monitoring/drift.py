@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lang1ops.settings.drift_loop import DriftLoopSettings
 from monitoring.descriptors import CATEGORICAL, NUMERIC, Vocabulary, describe_texts, token_descriptors
-from monitoring.settings_model import DriftLoopSettings
 
 CHECKS = ("descriptors", "embeddings", "predictions")
 EMBEDDING_REPORT_COMPONENTS = 5
@@ -61,7 +61,7 @@ def score_texts(model_dir: Path, texts: list[str], shas: list[str], base_fallbac
     encoding cache of training (same base, layer and truncation: the same vectors), so the
     reference and the gate's comparisons cost no new forward passes for notes already seen."""
     from lang1ops.artifact import ModelKind, resolve_base, weights_sha256
-    from serving.scorer import MultitaskScorer, NoteEncoder, head_probabilities, load_model
+    from lang1ops.scorer import MultitaskScorer, NoteEncoder, head_probabilities, load_model
     from training.heads import encode_with_cache, encoder_fingerprint
 
     loaded = load_model(Path(model_dir), base_fallback, dtype=dtype)
@@ -165,7 +165,7 @@ def build_reference(model_dir: Path, dataset, out_dir: Path, settings: DriftLoop
 
 def reference_for(settings: DriftLoopSettings, model_name: str, version, base_fallback: Path | None = None,
                   cache=None) -> DriftReference:
-    """The saved reference of a registry version (a `training.registry.ModelVersion`), built on first use."""
+    """The saved reference of a registry version (a `lang1ops.registry.ModelVersion`), built on first use."""
     path = Path(settings.runs_dir) / "references" / model_name / version.version
     if (path / "reference.json").exists():
         return DriftReference.load(path)

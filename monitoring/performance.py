@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lang1ops.settings.drift_loop import DriftLoopSettings
 from lang1ops.tasks import TaskContract
-from monitoring.settings_model import DriftLoopSettings
 from training.evaluate import SUBGROUP_COLUMNS, TaskEvaluation, evaluate_task, model_card
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from monitoring.settings_model import DriftLoopSettings
+from lang1ops.settings.drift_loop import DriftLoopSettings
 
 SCENARIO_KEY = "scenario-scorer-key"
 
@@ -118,6 +118,8 @@ def _aware(day: date) -> datetime:
 def run_scenario(config: ScenarioConfig, settings: DriftLoopSettings, say=print) -> ScenarioResult:
     from fastapi.testclient import TestClient
 
+    from lang1ops.registry import Registry
+    from lang1ops.settings.serving import ApiSettings
     from lang1ops.synthetic import HospitalSpec, generate_hospital
     from monitoring.descriptors import texts_by_sha
     from monitoring.drift import build_reference, run_drift_check
@@ -126,11 +128,9 @@ def run_scenario(config: ScenarioConfig, settings: DriftLoopSettings, say=print)
     from monitoring.retraining import BulkExportSource, RetrainingLoop, default_trainer
     from serving.api import create_api
     from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
-    from serving.config import ApiSettings
     from serving.store import Store
     from training.dataset import Dataset, DatasetSpec, Window, build_dataset
     from training.heads import EncodingCache
-    from training.registry import Registry
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()

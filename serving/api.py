@@ -30,11 +30,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from integration.notes import ClinicalNote, NoteError, note_from_resource
+from lang1ops.notes import ClinicalNote, NoteError, note_from_resource
+from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import NoteType, TaskContract
-from monitoring import metrics as prom
+from serving import instruments as prom
 from serving.auth import Authenticator, Principal, Role, TokenReplayLog, require_role
-from serving.config import ApiSettings
 from serving.fhir_output import capability_statement, collection, operation_outcome, risk_assessments
 from serving.store import NewScore, Store
 
@@ -397,7 +397,7 @@ def create_api(backend: ScoringBackend, store: Store, authenticator, settings: A
                metrics_text=None, software_version: str = "0.1.0", shadow: ScoringBackend | None = None,
                routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The service's FastAPI app. `routers` are the other areas' endpoints (CDS Hooks,
-    Subscriptions, alert webhook, operational views; see serving.extensions); they reach the
+    Subscriptions, alert webhook, operational views; see app.service); they reach the
     shared pieces through `request.app.state`: `service` (ScoringService), `store`,
     `authenticator`, `api_settings`."""
     settings = settings or ApiSettings()

@@ -9,8 +9,10 @@ config, done by `watch_registry` when the registry's champion changes) calls `re
 on the running replicas, which load the new version beside the old one and swap it in
 between batches: no request is dropped and every answer names the one version that made it.
 
-`app_builder(args)` is the import path for Serve config files and KubeRay
-(`serving.app:app_builder`); `lang1ops serve` runs the same application locally.
+The other areas' endpoints (CDS Hooks, Subscriptions, alerts, views) come from the
+`extensions` factory the caller passes (`app.service`, the top floor, assembles the whole
+service; serving never imports the areas above it). The factory is bound into the ingress
+deployment and called inside its replica.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from fastapi import APIRouter
 from ray import serve
 
 from lang1ops.settings import Settings
-from monitoring import metrics as prom
+from serving import instruments as prom
 from serving.backends import ActiveModel, RayBackend, info_of, resolve_model, score_batch
 
 log = logging.getLogger("lang1ops.serve")
+
+Extensions = Callable[[Settings], list[APIRouter]]  # settings -> the other areas' routers
 
 
 @serve.deployment(name="scorer")
@@ -87,16 +93,15 @@ class Scorer:
         return info_of(model)
 
 
-def build_ingress_app(settings: Settings, handle, shadow_handle=None):
+def build_ingress_app(settings: Settings, handle, shadow_handle=None, extensions: Extensions | None = None):
     from serving.api import create_api
     from serving.auth import Authenticator
-    from serving.extensions import extension_routers
     from serving.store import Store
 
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     return create_api(RayBackend(handle), Store(settings.serving.store_url), Authenticator(settings.serving.auth),
                       settings.serving.api, shadow=RayBackend(shadow_handle) if shadow_handle else None,
-                      routers=extension_routers(settings))
+                      routers=extensions(settings) if extensions else [])
 
 
 @serve.deployment(name="ingress")
@@ -104,16 +109,17 @@ def build_ingress_app(settings: Settings, handle, shadow_handle=None):
 class Ingress:
     """The FastAPI app (serving.api) as a deployment; scoring happens in the scorer replicas."""
 
-    def __init__(self, scorer_handle, settings_json: str, shadow_handle=None):
+    def __init__(self, scorer_handle, settings_json: str, shadow_handle=None, extensions: Extensions | None = None):
         self.settings = Settings.model_validate_json(settings_json)
-        self.scorer_handle, self.shadow_handle = scorer_handle, shadow_handle
+        self.scorer_handle, self.shadow_handle, self.extensions = scorer_handle, shadow_handle, extensions
 
     def __serve_build_asgi_app__(self):
         # built inside the replica, after __init__: create_api stays plain FastAPI, free of Ray
-        return build_ingress_app(self.settings, self.scorer_handle, self.shadow_handle)
+        return build_ingress_app(self.settings, self.scorer_handle, self.shadow_handle, self.extensions)
 
 
-def build_app(settings: Settings, model_ref: str | None = None, shadow_ref: str | None = None):
+def build_app(settings: Settings, model_ref: str | None = None, shadow_ref: str | None = None,
+              extensions: Extensions | None = None):
     """The Serve application. `model_ref` and `shadow_ref` name the versions the scorer and the
     shadow replicas load (default: the settings'); they are in the deployments' user_config, so
     changing one reconfigures every replica of that deployment to the same version."""
@@ -138,12 +144,8 @@ def build_app(settings: Settings, model_ref: str | None = None, shadow_ref: str 
                                 user_config={"model_ref": shadow_ref or s.shadow_ref, "optional": True}
                                 ).bind(settings_json)
     return Ingress.options(num_replicas=1, max_ongoing_requests=max(64, 4 * s.max_ongoing_requests),
-                           ray_actor_options={"num_cpus": 0.5, "runtime_env": metrics_env}).bind(scorer, settings_json, shadow)
-
-
-def app_builder(args: dict):
-    """Serve config entry point: `args` are Settings fields (as in the Helm chart's values)."""
-    return build_app(Settings.model_validate(args or {}))
+                           ray_actor_options={"num_cpus": 0.5, "runtime_env": metrics_env}).bind(scorer, settings_json, shadow,
+                                                                                                 extensions)
 
 
 def resolved_champion(settings: Settings) -> str:
@@ -161,7 +163,8 @@ def resolved_versions(settings: Settings) -> tuple[str, str | None]:
         return champion, None
 
 
-def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.Event | None = None) -> None:
+def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.Event | None = None,
+        extensions: Extensions | None = None) -> None:
     """Start local Ray and Serve, deploy, then follow the registry's champion (and challenger)
     until stopped."""
     from lang1ops.ray_local import ensure_ray
@@ -170,14 +173,15 @@ def run(settings: Settings, blocking: bool = True, on_start=None, stop: asyncio.
     prom.service_metrics_env(settings.home, clear=True)  # a fresh start: no counts from an earlier run
     serve.start(http_options={"host": settings.serving.host, "port": settings.serving.port})
     versions = resolved_versions(settings)
-    serve.run(build_app(settings, *versions), name="lang1ops", route_prefix="/")
+    serve.run(build_app(settings, *versions, extensions=extensions), name="lang1ops", route_prefix="/")
     if on_start:
         on_start(versions[0])
     if blocking:
-        watch_registry(settings, versions)
+        watch_registry(settings, versions, extensions=extensions)
 
 
-def watch_registry(settings: Settings, versions: tuple[str, str | None], should_stop=lambda: False) -> None:
+def watch_registry(settings: Settings, versions: tuple[str, str | None], should_stop=lambda: False,
+                   extensions: Extensions | None = None) -> None:
     """Redeploy with the new versions whenever the registry's champion (or, with shadow scoring,
     its challenger) changes: a lightweight Serve update, every replica of a deployment
     reconfigured to the one pinned version. `versions` is what is deployed now
@@ -191,11 +195,12 @@ def watch_registry(settings: Settings, versions: tuple[str, str | None], should_
             continue
         if current != versions:
             log.info("registry changed %s -> %s: reconfiguring replicas", versions, current)
-            serve.run(build_app(settings, *current), name="lang1ops", route_prefix="/", blocking=False)
+            serve.run(build_app(settings, *current, extensions=extensions), name="lang1ops", route_prefix="/",
+                      blocking=False)
             versions = current
 
 
-def serve_config(settings: Settings) -> dict:
+def serve_config(settings: Settings, import_path: str) -> dict:
     """A Ray Serve config file (`serve deploy`, KubeRay RayService `serveConfigV2`) generated
     from the same settings the service reads, so a cluster runs what `lang1ops serve` runs."""
     s = settings.serving
@@ -212,7 +217,7 @@ def serve_config(settings: Settings) -> dict:
         "proxy_location": "EveryNode",
         "http_options": {"host": s.host, "port": s.port},
         "applications": [{
-            "name": "lang1ops", "route_prefix": "/", "import_path": "serving.app:app_builder",
+            "name": "lang1ops", "route_prefix": "/", "import_path": import_path,
             "args": settings.model_dump(mode="json"),
             "deployments": [scorer, {"name": "ingress", "num_replicas": 1,
                                      "ray_actor_options": {"num_cpus": 0.5, "runtime_env": metrics_env}}],

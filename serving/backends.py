@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lang1ops.scorer import LoadedModel, MultitaskScorer, load_model
 from lang1ops.tasks import TaskContract
-from monitoring import metrics as prom
+from serving import instruments as prom
 from serving.api import ModelInfo, ScoreReply
-from serving.scorer import LoadedModel, MultitaskScorer, load_model
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def resolve_model(ref: str, registry_dir: Path, name: str) -> ResolvedModel:
     candidate = Path(ref)
     if (candidate / "artifact.json").exists():
         return ResolvedModel(candidate.name, candidate)
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     version = Registry(registry_dir).get(name, ref)
     return ResolvedModel(version.version, version.path, version.content_hash)
@@ -45,7 +45,7 @@ def verify_integrity(resolved: ResolvedModel) -> None:
     model must not answer for patients)."""
     if resolved.content_hash is None:
         return
-    from training.registry import content_hash
+    from lang1ops.registry import content_hash
 
     try:
         actual = content_hash(resolved.path)

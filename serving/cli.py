@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from lang1ops.settings import get_settings
+from lang1ops.settings import Settings, get_settings
 
 stdout = Console()
 
@@ -24,51 +25,55 @@ def pid_file() -> Path:
     return Path(get_settings().home) / "serve.pid"
 
 
-def serve(
-    port: Annotated[int | None, typer.Option(help="HTTP port (default: settings, 8000).")] = None,
-    model: Annotated[str | None, typer.Option(help="Registry alias or version to serve (default: champion).")] = None,
-    detach: Annotated[bool, typer.Option(help="Run in the background; stop with `lang1ops serve --stop`.")] = False,
-    stop: Annotated[bool, typer.Option(help="Stop a service started with --detach.")] = False,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the Ray Serve config (YAML-compatible JSON).")] = False,
-) -> None:
-    """Serve the registry's champion over FHIR and JSON; follow promotions by hot reload."""
-    settings = get_settings()
-    if port:
-        settings.serving.port = port
-    if model:
-        settings.serving.model_ref = model
-    if print_config:
-        from serving.app import serve_config
+def serve_command(run_service: Callable[..., None], service_config: Callable[[Settings], dict]) -> Callable[..., None]:
+    """The `serve` command for a service: `run_service(settings, on_start=...)` runs it and
+    `service_config(settings)` gives its Serve config (the top floor passes the whole service,
+    `app.service`, so this package needs no import of the areas above it)."""
 
-        stdout.print_json(json.dumps(serve_config(settings)))
-        return
-    if stop:
-        stop_detached()
-        return
-    if detach:
-        start_detached(settings.serving.port, model)
-        return
-    from serving.app import run
+    def serve(
+        port: Annotated[int | None, typer.Option(help="HTTP port (default: settings, 8000).")] = None,
+        model: Annotated[str | None, typer.Option(help="Registry alias or version to serve (default: champion).")] = None,
+        detach: Annotated[bool, typer.Option(help="Run in the background; stop with `lang1ops serve --stop`.")] = False,
+        stop: Annotated[bool, typer.Option(help="Stop a service started with --detach.")] = False,
+        print_config: Annotated[bool, typer.Option("--print-config", help="Print the Ray Serve config (YAML-compatible JSON).")] = False,
+    ) -> None:
+        """Serve the registry's champion over FHIR and JSON; follow promotions by hot reload."""
+        settings = get_settings()
+        if port:
+            settings.serving.port = port
+        if model:
+            settings.serving.model_ref = model
+        if print_config:
+            stdout.print_json(json.dumps(service_config(settings)))
+            return
+        if stop:
+            stop_detached()
+            return
+        if detach:
+            start_detached(settings.serving.port, model)
+            return
 
-    def started(version: str) -> None:
-        base = f"http://{settings.serving.host}:{settings.serving.port}"
-        stdout.print(f"serving {settings.model_name} {version} at {base}  (FHIR base {base}/fhir, docs {base}/docs)")
-        stdout.print("following the registry's champion; Ctrl-C stops")
+        def started(version: str) -> None:
+            base = f"http://{settings.serving.host}:{settings.serving.port}"
+            stdout.print(f"serving {settings.model_name} {version} at {base}  (FHIR base {base}/fhir, docs {base}/docs)")
+            stdout.print("following the registry's champion; Ctrl-C stops")
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        run(settings, on_start=started)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        from ray import serve as ray_serve
-
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         try:
-            ray_serve.shutdown()
+            run_service(settings, on_start=started)
+        except KeyboardInterrupt:
+            pass
         finally:
-            import ray
+            from ray import serve as ray_serve
 
-            ray.shutdown()
+            try:
+                ray_serve.shutdown()
+            finally:
+                import ray
+
+                ray.shutdown()
+
+    return serve
 
 
 def start_detached(port: int, model: str | None) -> None:
@@ -78,7 +83,7 @@ def start_detached(port: int, model: str | None) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.with_suffix(".log").open("ab")
-    args = [sys.executable, "-m", "lang1ops.cli", "serve", "--port", str(port)] + (["--model", model] if model else [])
+    args = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)] + (["--model", model] if model else [])
     process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, env=os.environ.copy())
     path.write_text(str(process.pid))
     if wait_until_ready(f"http://127.0.0.1:{port}", 240, alive=lambda: process.poll() is None):

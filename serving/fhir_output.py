@@ -8,9 +8,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from integration.notes import ClinicalNote
+from lang1ops.notes import ClinicalNote
+from lang1ops.settings.serving import DEFAULT_BANDS, RiskBands
 from lang1ops.tasks import TaskContract, TaskSpec
-from serving.config import DEFAULT_BANDS, RiskBands
 
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
 MODEL_SYSTEM = "http://lang1-ops.org/fhir/CodeSystem/model"

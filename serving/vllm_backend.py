@@ -26,7 +26,7 @@ import numpy as np
 from lang1ops.artifact import ArtifactManifest, Method, ModelKind, load_artifact_contract
 from lang1ops.base_model import load_tokenizer
 from lang1ops.prompts import PromptEncoder
-from serving.scorer import NoteScore
+from lang1ops.scorer import NoteScore
 
 
 class VllmUnavailable(RuntimeError):

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from training.metrics import auroc
+from lang1ops.metrics import auroc
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from lang1ops.calibration import PROBABILITY_FLOOR, TaskCalibration, calibrated
-from training.metrics import expected_calibration_error
+from lang1ops.metrics import expected_calibration_error
 
 MIN_EXAMPLES = 30  # fewer validation notes than this: no map (the raw softmax is served)
 

@@ -170,7 +170,7 @@ def evaluate(
     settings = get_settings()
     path = Path(model)
     if not (path / "artifact.json").exists():
-        from training.registry import Registry
+        from lang1ops.registry import Registry
 
         try:
             path = Registry(settings.registry_dir).get(settings.model_name, model).path
@@ -194,7 +194,7 @@ def evaluate(
 
 
 def _register(path: Path, reason: str) -> None:
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     settings = get_settings()
     version = Registry(settings.registry_dir).register(path, actor=getpass.getuser(), reason=reason)
@@ -205,7 +205,7 @@ def _register(path: Path, reason: str) -> None:
 @registry_app.command("list")
 def registry_list() -> None:
     """Versions of the model line with their aliases."""
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     settings = get_settings()
     registry = Registry(settings.registry_dir)
@@ -225,7 +225,7 @@ def registry_list() -> None:
 @registry_app.command("show")
 def registry_show(ref: Annotated[str, typer.Argument(help="Version (v0003) or alias (champion).")] = "champion") -> None:
     """A version's manifest, content hash check and recent audit records."""
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     settings = get_settings()
     registry = Registry(settings.registry_dir)
@@ -249,7 +249,7 @@ def registry_promote(
 ) -> None:
     """Make a version the champion (serving reloads it); audited. The retraining loop gates
     its promotions; a manual promotion is an operator's decision, recorded as such."""
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     settings = get_settings()
     registry = Registry(settings.registry_dir)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lang1ops.settings.data import DataSettings
 from lang1ops.tasks import DEFAULT_CONTRACT, TaskContract
-from training.data_config import DataSettings
 from training.labels import HospitalRecords, NoLabel, label_note
 
 SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -122,7 +122,7 @@ class DatasetSummary:
     timezone: str = "UTC"  # the hospital's, in which calendar days were counted
     cci_code_sources: dict = field(default_factory=dict)  # stays given ICD-10 codes by each source
     snomed_only_conditions: int = 0  # Conditions without an ICD-10 code (CCI needs ICD-10)
-    denial_definition: str = "any-denial"  # which denial label this dataset holds (training.data_config)
+    denial_definition: str = "any-denial"  # which denial label this dataset holds (lang1ops.settings.data)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=str)

@@ -4,139 +4,33 @@ Paper, methods: "AUROC using sklearn; one-vs-rest for multiclass; 95% confidence
 resampling each test set 1000 times using the quantile (percentile) bootstrap method from scipy;
 calibration with 15 bins and expected calibration error".
 
-The AUROC of every resample is exactly `training.metrics.auroc` of the resampled notes. Calling
-it 1000 times costs 3-25 ms a call (sklearn's input checks), i.e. seconds to minutes per
-interval and far more for subgroups, so the resamples are scored all at once from how often
-each note was drawn (a weighted Mann-Whitney statistic, which is what sklearn's trapezoidal
-AUROC equals, ties counting one half). `scipy.stats.bootstrap` still draws the resamples and
-takes the percentiles.
+The AUROC intervals (percentile bootstrap, all resamples scored at once) come from
+`lang1ops.metrics`, which the registry's promotion gate uses too.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from lang1ops.metrics import (
+    Interval,
+    _finite,
+    as_arrays,
+    auroc,
+    bootstrap_auroc,
+    calibration_bins,
+    expected_calibration_error,
+)
 from lang1ops.tasks import TaskSpec
-from training.metrics import as_arrays, auroc, calibration_bins, expected_calibration_error
 
 SUBGROUP_COLUMNS = ("age_band", "sex", "race", "ethnicity", "payer", "unit", "service")
 UNDER_REVIEW = "(this model)"  # a model-card row whose model name holds this comes first
-
-
-@dataclass(frozen=True)
-class Interval:
-    estimate: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict:
-        # nan (no AUROC: one class only) becomes None so that the JSON stays strict
-        return {k: _finite(v) for k, v in (("estimate", self.estimate), ("low", self.low), ("high", self.high))}
-
-
-def _finite(x) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-# ---------------------------------------------------------------- AUROC of many resamples at once
-
-def _weighted_auroc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUROC of `score` for each row of `weights` (B, n): note i counted weights[b, i] times.
-
-    Mann-Whitney over tie groups of the sorted scores: each positive earns the weight of the
-    negatives scored below it plus half of those tied with it. nan where a class is absent.
-    """
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    w = weights[:, order]
-    y = positive[order]
-    pos = np.add.reduceat(w * y, starts, axis=1)
-    neg = np.add.reduceat(w * ~y, starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
-
-
-def _resampled_auroc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """`training.metrics.auroc` of each resample, following its rules for the classes present."""
-    if probs.shape[1] == 2:
-        return _weighted_auroc(labels == 1, probs[:, 1], weights)
-    onehot = labels[:, None] == np.arange(probs.shape[1])
-    present = (weights @ onehot) > 0
-    out = np.full(len(weights), np.nan)
-    # resamples that lack a rare class use a different set of columns: score each set apart
-    patterns, which = np.unique(present, axis=0, return_inverse=True)
-    for p, pattern in enumerate(patterns):
-        rows, cls = which.ravel() == p, np.flatnonzero(pattern)
-        if len(cls) >= 2:
-            out[rows] = np.mean([_weighted_auroc(labels == c, probs[:, c], weights[rows]) for c in cls], axis=0)
-    return out
-
-
-def _bootstrap(point: float, n: int, statistic: Callable[[np.ndarray], np.ndarray], n_resamples: int, seed: int,
-               confidence: float) -> Interval:
-    """Percentile bootstrap of notes (rows resampled jointly); statistic maps counts (B, n) to (B,)."""
-    if not math.isfinite(point) or n < 2:
-        return Interval(point, math.nan, math.nan)
-
-    def on_indices(idx: np.ndarray, axis: int = -1) -> np.ndarray:
-        idx = np.atleast_2d(idx)
-        flat = (idx + n * np.arange(len(idx))[:, None]).ravel()
-        return statistic(np.bincount(flat, minlength=idx.size).reshape(idx.shape).astype(np.float64))
-
-    rng_arg = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"  # scipy < 1.15
-    with warnings.catch_warnings():
-        # resamples with one class only have no AUROC (nan): scipy then warns and returns nan
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((np.arange(n),), on_indices, n_resamples=n_resamples, vectorized=True,
-                              batch=max(1, min(n_resamples, 4_000_000 // n)), confidence_level=confidence,
-                              method="percentile", **{rng_arg: np.random.default_rng(seed)})
-    low, high = res.confidence_interval
-    if not (math.isfinite(low) and math.isfinite(high)):
-        # The usual choice for a rare class: percentiles of the resamples that have both classes
-        # (conditional on both being drawn); same 'linear' quantile rule as scipy's.
-        dist = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
-        alpha = (1 - confidence) / 2
-        low, high = np.quantile(dist, [alpha, 1 - alpha]) if len(dist) else (math.nan, math.nan)
-    return Interval(float(point), float(low), float(high))
-
-
-def bootstrap_auroc(labels, probs, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Interval:
-    """AUROC (`training.metrics.auroc`) with a percentile bootstrap CI over notes."""
-    labels, probs = as_arrays(labels, probs)
-    return _bootstrap(auroc(labels, probs), len(labels), lambda w: _resampled_auroc(labels, probs, w),
-                      n_resamples, seed, confidence)
-
-
-def paired_bootstrap_difference(labels, probs_a, probs_b, n_resamples: int = 1000, seed: int = 0,
-                                confidence: float = 0.95) -> Interval:
-    """AUROC(b) - AUROC(a) on the same notes; both models see the same resamples (paired)."""
-    labels, probs_a = as_arrays(labels, probs_a)
-    _, probs_b = as_arrays(labels, probs_b)
-    return _bootstrap(auroc(labels, probs_b) - auroc(labels, probs_a), len(labels),
-                      lambda w: _resampled_auroc(labels, probs_b, w) - _resampled_auroc(labels, probs_a, w),
-                      n_resamples, seed, confidence)
-
-
-def micro_auroc(labels, probs) -> float:
-    """Binary: `auroc`. Multiclass: micro-averaged one-vs-rest AUROC (pools all classes; early stopping)."""
-    labels, probs = as_arrays(labels, probs)
-    if probs.shape[1] == 2 or len(labels) == 0:
-        return auroc(labels, probs) if len(labels) else math.nan
-    onehot = (labels[:, None] == np.arange(probs.shape[1])).astype(int)
-    return float(roc_auc_score(onehot, probs, average="micro"))
 
 
 # ---------------------------------------------------------------- one task on one split

@@ -21,14 +21,14 @@ from sklearn.linear_model import LogisticRegression
 
 from lang1ops.artifact import ArtifactManifest, Method, ModelKind, Pooling, weights_sha256
 from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.metrics import auroc
 from lang1ops.ngrams import NgramFeatures
 from lang1ops.prompts import PromptEncoder
+from lang1ops.scorer import NoteEncoder, choose_dtype, softmax
 from lang1ops.tasks import TaskContract
-from serving.scorer import NoteEncoder, choose_dtype, softmax
 from training.artifacts import remove_partial, start_artifact
 from training.calibration import fit_calibrations
 from training.dataset import Dataset
-from training.metrics import auroc
 
 
 @dataclass

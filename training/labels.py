@@ -1,6 +1,6 @@
 """The paper's five labels, derived from any hospital's FHIR data.
 
-`HospitalRecords.load` reads an export (see integration.fhir_source), validates the
+`HospitalRecords.load` reads an export (see lang1ops.fhir_source), validates the
 resources it needs against the R4B models, and indexes them. `label_note` then gives, for
 one note, each task's label or the reason it has none. The rules (docs/data.md):
 
@@ -42,11 +42,11 @@ from fhir.resources.R4B.explanationofbenefit import ExplanationOfBenefit
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from integration.fhir_source import IdentifierIndex, Problem, ProblemLog, iter_resources
-from integration.notes import ClinicalNote, NoteError, aware_datetime, note_from_resource, reference_id
+from lang1ops.fhir_source import IdentifierIndex, Problem, ProblemLog, iter_resources
+from lang1ops.notes import ClinicalNote, NoteError, aware_datetime, note_from_resource, reference_id
+from lang1ops.settings.data import DataSettings
 from lang1ops.tasks import DEFAULT_CONTRACT, LOINC, NoteType, TaskContract
 from training.charlson import charlson_index
-from training.data_config import DataSettings
 
 INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC"})
 EXCLUDED_SERVICE_WORDS = ("rehab", "dialysis", "palliat", "hospice")
@@ -586,7 +586,7 @@ def charlson(enc: EncounterRecord) -> int:
 
 
 def denial(enc: EncounterRecord, records: HospitalRecords) -> int:
-    """The label of `records.data.denial_definition` (see training.data_config.DataSettings)."""
+    """The label of `records.data.denial_definition` (see lang1ops.settings.data.DataSettings)."""
     _finished(enc)
     claims = records.claims_by_encounter.get(enc.id, [])
     appealed_definition = records.data.denial_definition == "appealed"

@@ -34,13 +34,13 @@ import torch.nn.functional as F
 
 from lang1ops.artifact import ArtifactManifest, Method, ModelKind, weights_sha256
 from lang1ops.base_model import load_causal_lm, load_tokenizer
+from lang1ops.metrics import micro_auroc
 from lang1ops.prompts import PromptEncoder
+from lang1ops.scorer import LoadedModel, MultitaskScorer, choose_dtype, decoder_parts, pad_batch
 from lang1ops.tasks import TaskContract
-from serving.scorer import LoadedModel, MultitaskScorer, choose_dtype, decoder_parts, pad_batch
 from training.artifacts import remove_partial, start_artifact
 from training.calibration import fit_calibrations
 from training.dataset import Dataset
-from training.evaluate import micro_auroc
 
 
 @dataclass

@@ -21,12 +21,12 @@ import pandas as pd
 
 from lang1ops.artifact import ArtifactManifest, resolve_base
 from lang1ops.calibration import calibrated
-from serving.scorer import LoadedModel, MultitaskScorer, load_model
+from lang1ops.metrics import expected_calibration_error
+from lang1ops.scorer import LoadedModel, MultitaskScorer, load_model
 from training.artifacts import zero_shot_artifact
 from training.baselines import TfidfBaseline
 from training.dataset import Dataset
 from training.evaluate import SUBGROUP_COLUMNS, evaluate_task, plot_calibration, plot_roc, write_model_card
-from training.metrics import expected_calibration_error
 
 THIS = "this model"
 

@@ -3,7 +3,7 @@
 The store knows scores, not beds: this module keeps its own table `views_census` (one row per
 encounter: FHIR ids, unit, admission and discharge times; no names, no text) on the store's
 engine, and loads it from FHIR `Encounter` resources (a list, or a Bulk Data export read with
-`integration.fhir_source`). The unit is the Encounter's current `location` (the active entry,
+`lang1ops.fhir_source`). The unit is the Encounter's current `location` (the active entry,
 else the last one), named by its `display` or, without one, by the Location id; an Encounter
 with no location falls back to `serviceType.text`, else "unassigned".
 """
@@ -159,7 +159,7 @@ class Census:
     def load_directory(self, path: Path, inpatient_classes: Iterable[str]) -> tuple[LoadReport, dict]:
         """Load the Encounters of a Bulk Data export (or ndjson directory). Returns the report and
         the reader's problem counts (malformed lines etc.)."""
-        from integration.fhir_source import ProblemLog, iter_resources
+        from lang1ops.fhir_source import ProblemLog, iter_resources
 
         problems = ProblemLog()
         report = self.load_encounters((r for r, _ in iter_resources(Path(path), problems)), inpatient_classes)

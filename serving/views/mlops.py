@@ -1,18 +1,21 @@
 """What the MLOps page shows: the serving model, the registry's history (registrations,
 promotions, refusals), recent drift checks, and performance over time from delayed outcomes.
 
-Drift checks and the retraining loop's events come from `monitoring.history`, imported lazily:
-without it (or before its first run) the page says "no drift checks yet". Performance is
-computed here from the store: for each binary task and calendar month of scoring, the AUROC of
-the stored probabilities against the outcomes that have arrived (months with a single class
-have no AUROC and say so).
+Drift checks, the retraining loop's events and performance by month belong to monitoring, a
+floor above serving: the service's assembly (`app.service`) hands this page monitoring's
+history reader (`history`: store -> an object with `drift_runs` and `events`) and its
+`performance` function (per binary task and month of scoring, the AUROC of the stored
+probabilities against the outcomes that have arrived). Without them, or before the first drift
+check, the page says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from lang1ops.tasks import TaskContract
 from serving.store import Store
@@ -24,7 +27,7 @@ def registry_summary(registry_dir: Path | None, model_name: str, limit: int) -> 
     """Aliases, versions and the newest audit events of one model line (empty when no registry)."""
     if registry_dir is None or not Path(registry_dir).exists():
         return {"available": False, "aliases": {}, "versions": [], "events": []}
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     registry = Registry(Path(registry_dir))
     if model_name not in registry.names():
@@ -37,17 +40,8 @@ def registry_summary(registry_dir: Path | None, model_name: str, limit: int) -> 
             "events": events}
 
 
-def _history_module():
-    try:
-        from monitoring import history
-    except ImportError:
-        return None
-    return history
-
-
-def _history(store: Store):
-    history = _history_module()
-    return None if history is None or not hasattr(history, "MonitoringHistory") else history.MonitoringHistory(store)
+HistoryReader = Callable[[Store], Any]  # store -> reader with drift_runs(limit) and events(limit=)
+Performance = Callable[[Store, TaskContract, datetime, int], list[dict]]
 
 
 def _report_html(report_dir: str | None) -> str | None:
@@ -58,11 +52,13 @@ def _report_html(report_dir: str | None) -> str | None:
     return str(pages[0]) if pages else None
 
 
-def drift_runs(store: Store, limit: int) -> list[dict]:
+def drift_runs(store: Store, limit: int, history: HistoryReader | None = None) -> list[dict]:
     """Recent drift checks (id, time, drifted, summary, html_path), newest first; [] without history."""
+    if history is None:
+        return []
     try:
-        history = _history(store)
-        runs = history.drift_runs(limit) if history is not None else []
+        history = history(store)
+        runs = history.drift_runs(limit)
     except Exception as exc:  # the page must render even when the monitoring tables are not there yet
         log.warning("drift history unavailable: %s", type(exc).__name__)
         return []
@@ -78,11 +74,12 @@ def drift_runs(store: Store, limit: int) -> list[dict]:
     return out
 
 
-def loop_events(store: Store, limit: int) -> list[dict]:
+def loop_events(store: Store, limit: int, history: HistoryReader | None = None) -> list[dict]:
     """The retraining loop's events (trigger, train, evaluate, promote, refuse, ...), newest first."""
+    if history is None:
+        return []
     try:
-        history = _history(store)
-        events = history.events(limit=limit) if history is not None else []
+        events = history(store).events(limit=limit)
     except Exception as exc:
         log.warning("loop history unavailable: %s", type(exc).__name__)
         return []
@@ -96,9 +93,8 @@ def _plain(record: object) -> dict:
             for k, v in data.items() if not k.startswith("_")}
 
 
-def performance_by_month(store: Store, contract: TaskContract, now: datetime, months: int = 12) -> list[dict]:
+def performance_by_month(store: Store, contract: TaskContract, now: datetime, months: int = 12,
+                         performance: Performance | None = None) -> list[dict]:
     """Per binary task and month of scoring: n labelled encounters, prevalence, AUROC (None with
-    one class) and the model version, computed by monitoring.performance like every window."""
-    from monitoring.performance import monthly_auroc
-
-    return monthly_auroc(store, contract, now, months)
+    one class) and the model version, as monitoring computes every window; [] without it."""
+    return performance(store, contract, now, months) if performance is not None else []

@@ -22,12 +22,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from lang1ops.settings.views import ViewsSettings
 from serving.api import FHIR_ID, ApiError
 from serving.auth import Principal, Role, require_role
 from serving.views import bed_board as beds
 from serving.views import mlops
 from serving.views.census import Census
-from serving.views.config import ViewsSettings
 from serving.views.outreach import OutreachLog, OutreachStatus
 from serving.views.scores import latest_scores
 from serving.views.worklist import FACTORS_NOTE, TIERS, build_worklist, filter_rows, to_csv, to_fhir_list
@@ -66,8 +66,11 @@ EARLIEST_AS_OF, LATEST_AS_OF = datetime(1900, 1, 2), datetime(2199, 12, 31)
 
 
 def views_router(settings: ViewsSettings | None = None, registry_dir: Path | None = None,
-                 model_name: str = "lang1-ops") -> APIRouter:
-    """The views' router; `registry_dir` and `model_name` say whose promotions the MLOps page lists."""
+                 model_name: str = "lang1-ops", history: mlops.HistoryReader | None = None,
+                 performance: mlops.Performance | None = None) -> APIRouter:
+    """The views' router; `registry_dir` and `model_name` say whose promotions the MLOps page lists,
+    `history` and `performance` (monitoring's, passed by the service's assembly) its drift checks,
+    loop events and AUROC by month."""
     settings = settings or ViewsSettings()
     zone = ZoneInfo(settings.timezone)
     try:
@@ -205,9 +208,9 @@ def views_router(settings: ViewsSettings | None = None, registry_dir: Path | Non
 
         def load():
             return {"registry": mlops.registry_summary(registry_dir, model_name, settings.mlops_events),
-                    "drift": mlops.drift_runs(store, settings.mlops_events),
-                    "loop": mlops.loop_events(store, settings.mlops_events),
-                    "performance": mlops.performance_by_month(store, info.contract, now)}
+                    "drift": mlops.drift_runs(store, settings.mlops_events, history),
+                    "loop": mlops.loop_events(store, settings.mlops_events, history),
+                    "performance": mlops.performance_by_month(store, info.contract, now, performance=performance)}
 
         data = await run_in_threadpool(load)
         return {"model": {"name": info.name, "version": info.version, "kind": info.kind,
@@ -216,7 +219,7 @@ def views_router(settings: ViewsSettings | None = None, registry_dir: Path | Non
 
     @router.get("/views/api/drift/{run_id}/report", tags=["views"], summary="A drift check's Evidently HTML report")
     async def drift_report(request: Request, run_id: str, principal: ReaderPrincipal):
-        runs = await run_in_threadpool(mlops.drift_runs, request.app.state.store, 1000)
+        runs = await run_in_threadpool(mlops.drift_runs, request.app.state.store, 1000, history)
         run = next((r for r in runs if str(r.get("id")) == run_id), None)
         path = Path(run["html_path"]) if run and run.get("html_path") else None
         if path is None or not path.is_file():

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+from lang1ops.settings.serving import RiskBands
 from lang1ops.tasks import OUTCOME_SYSTEM, TaskContract
-from serving.config import RiskBands
 from serving.views.census import Stay
 from serving.views.outreach import Outreach
 from serving.views.scores import TaskScore

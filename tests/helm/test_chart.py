@@ -158,9 +158,9 @@ def test_inconsistent_values_fail_the_render_with_a_clear_message(override, mess
 # --- what matters --------------------------------------------------------------------------
 
 def test_serve_config_is_the_settings_app(rendered):
-    """serveConfigV2 runs serving.app:app_builder with the values' settings as args: the same
+    """serveConfigV2 runs app.service:app_builder with the values' settings as args: the same
     Settings model and import path `lang1ops serve --print-config` produces."""
-    from serving.app import serve_config
+    from app.service import serve_config
 
     _, values, docs = rendered
     config = yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
@@ -169,7 +169,7 @@ def test_serve_config_is_the_settings_app(rendered):
     reference = serve_config(settings)["applications"][0]
     assert (app["import_path"], app["name"], app["route_prefix"]) == \
         (reference["import_path"], reference["name"], reference["route_prefix"]) == \
-        ("serving.app:app_builder", "lang1ops", "/")
+        ("app.service:app_builder", "lang1ops", "/")
     chart_defaults = helm.Chart.load(CHART).merge_values(values)["settings"]
     assert app["args"] == json.loads(json.dumps(chart_defaults))
     assert config["http_options"] == {"host": "0.0.0.0", "port": settings.serving.port}
@@ -179,7 +179,7 @@ def test_serve_config_is_the_settings_app(rendered):
 
 def test_app_builder_accepts_the_rendered_args(rendered):
     """The args build the real Serve application; the scorer's resources follow the settings."""
-    from serving.app import app_builder
+    from app.service import app_builder
 
     profile, _, docs = rendered
     args = yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])["applications"][0]["args"]

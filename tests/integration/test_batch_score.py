@@ -12,8 +12,8 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
 from integration.batch_score import count_notes, run_batch
-from integration.bulk_config import BulkExportSettings
 from integration.bulk_export import BulkExportClient
+from lang1ops.settings.bulk import BulkExportSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.backends import LocalBackend, ResolvedModel
 from serving.store import Store

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from integration.bulk_config import BulkExportSettings
 from integration.bulk_export import (
     BulkExportClient,
     BulkExportError,
@@ -18,7 +17,8 @@ from integration.bulk_export import (
     fhir_instant,
     retry_after_seconds,
 )
-from integration.fhir_source import ProblemLog, iter_resources
+from lang1ops.fhir_source import ProblemLog, iter_resources
+from lang1ops.settings.bulk import BulkExportSettings
 from tests.integration.bulk_server import BulkServer
 
 SINCE = datetime(2024, 1, 1, tzinfo=UTC)

@@ -21,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import ValidationError
 
 from integration.cds_auth import CdsJwtVerifier, JtiReplayCache
-from integration.cds_config import CdsClient, CdsHooksSettings
+from lang1ops.settings.cds_hooks import CdsClient, CdsHooksSettings
 from serving.auth import AuthError
 
 EHR = "https://ehr.hospital.example"

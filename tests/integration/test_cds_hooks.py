@@ -23,13 +23,13 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm
 
-from integration.cds_config import CdsClient, CdsHooksSettings
 from integration.cds_hooks import CdsTables, cds_hooks_router
+from lang1ops.settings.cds_hooks import CdsClient, CdsHooksSettings
+from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.api import create_api
 from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
 from serving.backends import LocalBackend, ResolvedModel
-from serving.config import ApiSettings
 from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401
 from tests.support import require_binary, stored_score_of

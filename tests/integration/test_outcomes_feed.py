@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.bulk_config import OutcomesFeedSettings
 from integration.outcomes_feed import feed_outcomes, readmission_matures_at
+from lang1ops.settings.bulk import OutcomesFeedSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.store import NewScore, Store
 from tests.integration.bulk_server import BulkServer

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from integration.client_config import FhirClientSettings
 from integration.fhir_client import FhirAuthError, FhirClient
 from integration.smart_auth import SmartBackendAuth, StaticBearerAuth, TokenRequestError, outbound_auth
+from lang1ops.settings.fhir_client import FhirClientSettings
 from tests.integration.fhir_server import fhir_server_factory  # noqa: F401  (fixture)
 
 CLIENT_ID = "lang1-ops"

@@ -20,16 +20,16 @@ from fhir.resources.R4B.subscription import Subscription
 from typer.testing import CliRunner
 
 from integration.cli import app as integration_cli
-from integration.client_config import FhirClientSettings, SubscriptionSettings, WorkQueueSettings
 from integration.fhir_client import FhirClient
 from integration.subscriptions import QUEUE, SubscriptionWorker, parse_notification, subscription_router
 from integration.work_queue import WorkQueue
 from integration.writeback import writeback_key
+from lang1ops.settings.fhir_client import FhirClientSettings, SubscriptionSettings, WorkQueueSettings
+from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.api import ScoringService, create_api
 from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
 from serving.backends import LocalBackend, ResolvedModel
-from serving.config import ApiSettings
 from serving.store import Store
 from tests.integration.fhir_server import fhir_server  # noqa: F401  (fixture)
 from tests.postgres import postgres_url  # noqa: F401  (fixture)

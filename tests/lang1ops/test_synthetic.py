@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from lang1ops.metrics import auroc
 from lang1ops.synthetic import HospitalSpec, generate_hospital
 from lang1ops.synthetic.notes import AMBIENT_DISCLAIMER
 from lang1ops.tasks import DEFAULT_CONTRACT
 from training.baselines import TfidfBaseline
 from training.dataset import Dataset, DatasetSpec, Window, build_dataset
-from training.metrics import auroc
 
 
 def digest(directory: Path) -> dict[str, str]:

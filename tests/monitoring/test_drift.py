@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lang1ops.settings.drift_loop import DriftLoopSettings
 from monitoring.descriptors import Vocabulary, describe_texts
 from monitoring.drift import DriftReference, run_drift_check
 from monitoring.history import MonitoringHistory
-from monitoring.settings_model import DriftLoopSettings
 from serving.store import Store
 from tests.monitoring.helpers import add_scores, bulk_scores
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lang1ops.settings.drift_loop import DriftLoopSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from monitoring.history import MonitoringHistory
 from monitoring.performance import evaluate_window, labeled_predictions, performance_alerts
-from monitoring.settings_model import DriftLoopSettings
 from serving.store import Store
 from tests.monitoring.helpers import add_scores
 from training.evaluate import evaluate_task

@@ -14,13 +14,13 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
+from lang1ops.registry import Registry
 from lang1ops.tasks import DEFAULT_CONTRACT
 from monitoring.prometheus import RULES_FILE, PrometheusServer, prometheus_config
 from serving.cli import wait_until_ready
 from tests.serving.test_serve_app import HEADERS, doc, free_port, make_settings
 from tests.support import require_binary
 from training.artifacts import zero_shot_artifact
-from training.registry import Registry
 
 SCORE_ROUTE = "/fhir/DocumentReference/$score"
 ADMISSION_TASKS = ("mortality", "los", "cci", "denial")  # an H&P note's tasks
@@ -31,7 +31,7 @@ def service(tiny_llama_dir, tmp_path_factory):
     require_binary("prometheus", "apt-get install -y prometheus")
     from ray import serve
 
-    from serving.app import run
+    from app.service import run
 
     root = tmp_path_factory.mktemp("scrape")
     registry = Registry(root / "registry")

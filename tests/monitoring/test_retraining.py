@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from lang1ops.registry import Registry
+from lang1ops.settings.drift_loop import DriftLoopSettings
 from monitoring.history import MonitoringHistory
 from monitoring.retraining import DatasetSource, RetrainingLoop, default_trainer
-from monitoring.settings_model import DriftLoopSettings
 from serving.store import Store
 from training.dataset import Dataset
 from training.heads import EncodingCache
-from training.registry import Registry
 
 NAME = "lang1-ops"
 

@@ -66,10 +66,10 @@ def test_the_new_champion_beats_the_stale_model_on_post_shift_data(scenario):
 def test_a_second_pass_within_the_cooldown_promotes_nothing(scenario, tmp_path):
     """The new champion's own (tiny-model) AUROC is still below the alert limit, which is a new
     trigger; the cooldown keeps the loop from training again right away."""
+    from lang1ops.registry import Registry
     from monitoring.history import MonitoringHistory
     from monitoring.retraining import DatasetSource, RetrainingLoop
     from serving.store import Store
-    from training.registry import Registry
 
     result, config = scenario
     store = Store(f"sqlite:///{config.workdir / 'store.sqlite'}")

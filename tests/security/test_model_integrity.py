@@ -6,10 +6,10 @@ import pytest
 
 
 def test_a_tampered_artifact_is_refused_and_the_current_model_keeps_serving(tiny_llama_dir, tmp_path):
+    from lang1ops.registry import Registry
     from lang1ops.tasks import DEFAULT_CONTRACT
     from serving.backends import ActiveModel, ModelIntegrityError, resolve_model
     from training.artifacts import zero_shot_artifact
-    from training.registry import Registry
 
     registry = Registry(tmp_path / "registry")
     for tag in ("a", "b"):

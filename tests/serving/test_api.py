@@ -12,11 +12,11 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
+from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.api import create_api
 from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
 from serving.backends import LocalBackend, ResolvedModel
-from serving.config import ApiSettings
 from serving.store import Store
 from tests.support import api_client, stored_score_of
 from training.artifacts import zero_shot_artifact

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
+from lang1ops.registry import Registry
 from lang1ops.settings import Settings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from serving.auth import ApiKey, AuthSettings, Role, hash_api_key
@@ -23,7 +24,6 @@ from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
 from tests.support import stored_score_of
 from training.artifacts import zero_shot_artifact
-from training.registry import Registry
 
 KEY = "serve-test-key"
 HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/fhir+json"}
@@ -54,7 +54,7 @@ def make_settings(root: Path, base: Path, store_url: str, port: int) -> Settings
 def service(tiny_llama_dir, tmp_path_factory):
     from ray import serve
 
-    from serving.app import run
+    from app.service import run
 
     root = tmp_path_factory.mktemp("serve")
     registry = Registry(root / "registry")

@@ -361,7 +361,7 @@ def test_a_stored_note_dated_9999_does_not_break_the_window_readers(store: Store
 def test_retention_command_deletes_old_scores_and_audits_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from lang1ops.cli import app
+    from app.cli import app
     from lang1ops.settings import get_settings
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"

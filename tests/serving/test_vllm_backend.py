@@ -19,8 +19,8 @@ def test_module_imports_without_vllm_and_says_where_it_runs(tmp_path):
 def test_vllm_matches_the_pytorch_scorer_on_gpu(tiny_llama_dir, tmp_path):  # pragma: no cover - GPU only
     import numpy as np
 
+    from lang1ops.scorer import MultitaskScorer, load_model
     from lang1ops.tasks import DEFAULT_CONTRACT
-    from serving.scorer import MultitaskScorer, load_model
     from training.artifacts import zero_shot_artifact
 
     artifact = zero_shot_artifact(tiny_llama_dir, tmp_path / "a", DEFAULT_CONTRACT, 64)

@@ -7,10 +7,10 @@ import numpy as np
 
 from lang1ops.artifact import ArtifactManifest
 from lang1ops.calibration import calibrated
-from serving.scorer import MultitaskScorer, load_model
+from lang1ops.metrics import auroc, expected_calibration_error
+from lang1ops.scorer import MultitaskScorer, load_model
 from training.calibration import fit_calibration
 from training.dataset import Dataset
-from training.metrics import auroc, expected_calibration_error
 
 
 def _binary(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

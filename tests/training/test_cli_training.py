@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from lang1ops.cli import app
+from app.cli import app
 
 runner = CliRunner()
 

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
+from lang1ops.settings.data import DataSettings
 from tests.training.test_labels import (
     DS,
     PROGRESS_NOTE,
@@ -35,7 +36,6 @@ from tests.training.test_labels import (
     patient,
     stay,
 )
-from training.data_config import DataSettings
 from training.dataset import Dataset, DatasetSpec, Window, build_dataset, patient_split
 
 AS_OF = datetime(2024, 12, 31, tzinfo=UTC)

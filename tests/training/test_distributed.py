@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from lang1ops.artifact import ArtifactManifest
-from serving.scorer import MultitaskScorer, load_model
+from lang1ops.scorer import MultitaskScorer, load_model
 
 TRAIN = r"""
 import json, math, sys

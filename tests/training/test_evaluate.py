@@ -10,22 +10,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from lang1ops.metrics import _resampled_auroc, auroc, micro_auroc, paired_bootstrap_difference
 from lang1ops.tasks import DEFAULT_CONTRACT
 from training.evaluate import (
     Interval,
-    _resampled_auroc,
     bootstrap_auroc,
     calibration_bins,
     evaluate_task,
     expected_calibration_error,
-    micro_auroc,
     model_card,
-    paired_bootstrap_difference,
     plot_calibration,
     plot_roc,
     write_model_card,
 )
-from training.metrics import auroc
 
 LOS = DEFAULT_CONTRACT.task("los")
 MORTALITY = DEFAULT_CONTRACT.task("mortality")

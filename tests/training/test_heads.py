@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lang1ops.artifact import ArtifactManifest, ModelKind
+from lang1ops.scorer import MultitaskScorer, load_model
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import MultitaskScorer, load_model
 from training.dataset import Dataset
 from training.heads import EncodingCache, HeadsConfig, fit_head, train_heads
 
@@ -43,7 +43,7 @@ def test_retraining_reuses_cached_encodings(heads_artifact, small_dataset, tiny_
     def no_model_runs(*args, **kwargs):
         raise AssertionError("every note was cached: the model must not run")
 
-    monkeypatch.setattr("serving.scorer.NoteEncoder.encode", no_model_runs)
+    monkeypatch.setattr("lang1ops.scorer.NoteEncoder.encode", no_model_runs)
     config = HeadsConfig(layers=(1, 2), max_note_tokens=64, max_notes={"train": 300, "val": 80})
     out = train_heads(Dataset.load(small_dataset), tiny_llama_dir, tmp_path / "again", config, cache=cache)
     assert (out / "heads.safetensors").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data_config import DataSettings
+from lang1ops.settings.data import DataSettings
 from training.labels import HospitalRecords, NoLabel, label_note, los_days
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"

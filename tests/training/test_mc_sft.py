@@ -13,8 +13,8 @@ import torch
 
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.prompts import PromptEncoder
+from lang1ops.scorer import LoadedModel, MultitaskScorer, load_model
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import LoadedModel, MultitaskScorer, load_model
 from training.dataset import Dataset
 from training.mc_sft import (
     EvenTaskSampler,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lang1ops.settings.data import DataSettings
 from tests.training.test_labels import (
     DS,
     HP,
@@ -24,7 +25,6 @@ from tests.training.test_labels import (
     patient,
     stay,
 )
-from training.data_config import DataSettings
 from training.labels import HospitalRecords
 
 NUBC = "https://www.nubc.org/CodeSystem/PatDischargeStatus"

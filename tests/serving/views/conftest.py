@@ -37,18 +37,22 @@ def views_world(tiny_llama_dir, tmp_path_factory) -> dict:
 
 
 def build_app(world: dict, settings=None):
+    from lang1ops.settings.views import ViewsSettings
+    from monitoring.history import MonitoringHistory
+    from monitoring.performance import monthly_auroc
     from serving.api import create_api
     from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
     from serving.backends import LocalBackend, ResolvedModel
     from serving.store import Store
-    from serving.views.config import ViewsSettings
     from serving.views.router import views_router
 
     store = Store(world["store_url"])
     auth = Authenticator(AuthSettings(api_keys=[ApiKey(name=f"{n}-user", key_sha256=hash_api_key(k), roles={Role(r) for r in ROLES[n]})
                                                 for n, k in KEYS.items()]))
     backend = LocalBackend(ResolvedModel("v0001", Path(world["artifact"])), dtype="float32")
-    router = views_router(settings or ViewsSettings(), registry_dir=world["registry"], model_name="lang1-ops")
+    # as the service's assembly (app.service) mounts it: with monitoring's history and performance
+    router = views_router(settings or ViewsSettings(), registry_dir=world["registry"], model_name="lang1-ops",
+                          history=MonitoringHistory, performance=monthly_auroc)
     return create_api(backend, store, auth, routers=[router]), store
 
 

@@ -79,7 +79,7 @@ def write_outcomes(store: Store, now: datetime, months: int = 4, per_month: int 
 
 def write_registry(root: Path, artifact: Path) -> None:
     """A registry with two versions: v0001 promoted, v0002 refused by the gate."""
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     registry = Registry(root)
     v1 = registry.register(artifact, "trainer", "first model")

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
+from lang1ops.settings.views import ViewsSettings
 from serving.store import Store
 from serving.views.census import Census, stay_of_encounter
-from serving.views.config import ViewsSettings
 from serving.views.outreach import OutreachLog, OutreachStatus
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
 

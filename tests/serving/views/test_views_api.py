@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.list import List as FhirList
 
+from lang1ops.settings.views import ViewsSettings
 from serving.views import bed_board as beds
 from serving.views.census import Census
-from serving.views.config import ViewsSettings
 from serving.views.router import views_router
 from serving.views.scores import latest_scores
 from tests.serving.views.conftest import bearer, build_app

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from integration.bulk_config import BulkSettings
-from integration.cds_config import CdsHooksSettings
-from integration.client_config import SubscriptionSettings
+from lang1ops.settings.bulk import BulkSettings
+from lang1ops.settings.cds_hooks import CdsHooksSettings
+from lang1ops.settings.fhir_client import SubscriptionSettings
 
 
 class IntegrationSettings(BaseModel):

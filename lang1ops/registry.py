@@ -92,8 +92,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import paired_bootstrap_difference
-from training.metrics import auroc
+from lang1ops.metrics import auroc, paired_bootstrap_difference
 
 log = logging.getLogger(__name__)
 

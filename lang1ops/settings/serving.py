@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from serving.auth import AuthSettings
+from lang1ops.settings.auth import AuthSettings
 
 
 class RiskBands(BaseModel):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lang1ops import cli
+from app import cli
+from lang1ops.registry import Registry
 from lang1ops.settings import get_settings
-from training.registry import Registry
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import torch
 
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.prompts import PromptEncoder, score_naive
+from lang1ops.scorer import MultitaskScorer, choose_dtype, load_model
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.scorer import MultitaskScorer, choose_dtype, load_model
 from training.artifacts import zero_shot_artifact
 
 NOTES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from monitoring.settings_model import DriftLoopSettings
+from lang1ops.settings.drift_loop import DriftLoopSettings
 
 
 class AlertWebhookSettings(BaseModel):

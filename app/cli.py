@@ -1,4 +1,5 @@
-"""The `lang1ops` command line: a thin layer over the library, one command group per area."""
+"""The `lang1ops` command line (the top floor: the only package that imports every area): a thin
+layer over the library, one command group per area, and the demo."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app import service
 from integration import batch_cli
 from integration.cli import app as integration_app
 from lang1ops.progress import console as progress_console
@@ -33,7 +35,7 @@ app.add_typer(integration_app, name="integration")
 app.add_typer(views_app, name="views")
 app.add_typer(monitor_app, name="monitor")
 monitor_app.command("prometheus")(run_prometheus)
-app.command("serve")(serving_cli.serve)
+app.command("serve")(serving_cli.serve_command(service.run, service.serve_config))
 app.command("retention")(serving_cli.retention)
 
 # Results go to stdout; progress (lang1ops.progress) goes to stderr.
@@ -212,7 +214,7 @@ def generate_command(
 
 
 def _export_size(fhir: Path) -> int | None:
-    from integration.fhir_source import load_manifest
+    from lang1ops.fhir_source import load_manifest
 
     try:
         manifest = load_manifest(fhir)
@@ -317,9 +319,9 @@ def baseline_command(
     dataset: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Dataset directory from `data build`.")],
 ) -> None:
     """TF-IDF + logistic regression per task, trained on train, AUROC on every other split."""
+    from lang1ops.metrics import auroc
     from training.baselines import TfidfBaseline
     from training.dataset import Dataset
-    from training.metrics import auroc
 
     data = Dataset.load(dataset)
     splits = [s for s in data.splits if s != "train"]
@@ -500,7 +502,7 @@ def demo_champion(dataset: Path, workdir: Path) -> str:
     import getpass
     import hashlib
 
-    from training.registry import Registry
+    from lang1ops.registry import Registry
 
     settings = get_settings()
     registry = Registry(settings.registry_dir)
@@ -511,9 +513,9 @@ def demo_champion(dataset: Path, workdir: Path) -> str:
         if current.manifest.get("lineage", {}).get("dataset_sha256") == data_sha:
             stdout.print(f"champion {current.version} was chosen on this dataset: kept")
             return current.version
+    from lang1ops.registry import promotion_gate
     from monitoring.retraining import compare_on_split
     from training.heads import EncodingCache, HeadsConfig, train_heads
-    from training.registry import promotion_gate
 
     data = Dataset.load(dataset)
     cache = EncodingCache(settings.encoding_cache)

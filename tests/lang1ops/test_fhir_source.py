@@ -1,4 +1,4 @@
-"""integration.fhir_source: Bulk Data exports, ndjson and Bundles from disk, problems recorded."""
+"""lang1ops.fhir_source: Bulk Data exports, ndjson and Bundles from disk, problems recorded."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.fhir_source import BUNDLE_TYPES, Problem, ProblemLog, iter_resources, load_manifest
+from lang1ops.fhir_source import BUNDLE_TYPES, Problem, ProblemLog, iter_resources, load_manifest
 
 SECRET = "Zebulon Quackenbush MRN 99812345"
 

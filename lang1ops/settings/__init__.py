@@ -14,11 +14,11 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from integration.config import IntegrationSettings
-from monitoring.config import MonitoringSettings
-from serving.config import ServingSettings
-from serving.views.config import ViewsSettings
-from training.data_config import DataSettings
+from lang1ops.settings.data import DataSettings
+from lang1ops.settings.integration import IntegrationSettings
+from lang1ops.settings.monitoring import MonitoringSettings
+from lang1ops.settings.serving import ServingSettings
+from lang1ops.settings.views import ViewsSettings
 
 
 class ModelSettings(BaseModel):

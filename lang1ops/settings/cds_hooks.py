@@ -94,7 +94,7 @@ class IndicatorThresholds(BaseModel):
 
 
 def _default_thresholds() -> dict[str, IndicatorThresholds]:
-    # Binary cut points follow serving.config.DEFAULT_BANDS (moderate -> warning, high -> critical).
+    # Binary cut points follow lang1ops.settings.serving.DEFAULT_BANDS (moderate -> warning, high -> critical).
     return {
         "readmission": IndicatorThresholds(warning=0.15, critical=0.30),
         "mortality": IndicatorThresholds(warning=0.05, critical=0.15),

@@ -1,4 +1,4 @@
-"""integration.notes: FHIR resources in, clinical notes out, PHI kept out of errors."""
+"""lang1ops.notes: FHIR resources in, clinical notes out, PHI kept out of errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from integration.notes import (
+from lang1ops.notes import (
     NoteError,
     html_to_text,
     note_from_resource,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from app.cli import app
 from lang1ops import base_model
-from lang1ops.cli import app
 from lang1ops.tasks import DEFAULT_CONTRACT
 
 runner = CliRunner()

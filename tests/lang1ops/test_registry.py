@@ -1,4 +1,4 @@
-"""training.registry: versions, aliases, audit, compare-and-swap across processes, and the promotion gate."""
+"""lang1ops.registry: versions, aliases, audit, compare-and-swap across processes, and the promotion gate."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.metrics import auroc
-from training.registry import (
+from lang1ops.metrics import auroc
+from lang1ops.registry import (
     GateDecision,
     ModelVersion,
     PromotionConflict,

@@ -18,7 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from lang1ops.tasks import DEFAULT_CONTRACT
-from monitoring import metrics as prom
+from serving import instruments as prom
 from serving.api import create_api
 from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
 from serving.backends import LocalBackend, ResolvedModel
@@ -168,7 +168,7 @@ def test_registered_collectors_join_metrics_and_a_broken_one_loses_only_itself(c
 RECORDER = """
 import sys
 from lang1ops.tasks import DEFAULT_CONTRACT
-from monitoring import metrics as prom
+from serving import instruments as prom
 n = int(sys.argv[1])
 replies = [{"probabilities": {"mortality": [0.5, 0.5]}} for _ in range(n)]
 prom.observe_batch("scorer", DEFAULT_CONTRACT, [["mortality"]] * n, replies, 0.01)
