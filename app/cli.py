@@ -13,8 +13,7 @@ from rich.table import Table
 from app import service
 from integration import batch_cli
 from integration.cli import app as integration_app
-from lang1ops.progress import console as progress_console
-from lang1ops.progress import progress_bar, track
+from lang1ops.progress import fail, progress_bar, track
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
 from monitoring.cli import monitor_app
@@ -41,11 +40,6 @@ app.command("retention")(serving_cli.retention)
 # Results go to stdout; progress (lang1ops.progress) goes to stderr.
 stdout = Console()
 
-
-def fail(message: str) -> typer.Exit:
-    """Print a one-line error to stderr; raise the returned Exit (code 2, as for bad usage)."""
-    progress_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def _human_size(n_bytes: int) -> str:

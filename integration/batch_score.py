@@ -31,9 +31,9 @@ from lang1ops.fhir_source import ProblemLog, iter_resources, load_manifest
 from lang1ops.notes import reference_id
 from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import TaskContract
-from serving.api import ApiError, ModelInfo, ScoreReply, ScoringService
 from serving.auth import Principal, Role
 from serving.fhir_output import operation_outcome
+from serving.service import ApiError, ModelInfo, ScoreReply, ScoringService
 from serving.store import Store
 
 NOTE_TYPES = frozenset({"DocumentReference", "DiagnosticReport", "Composition"})

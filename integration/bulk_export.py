@@ -31,6 +31,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from lang1ops.identifiers import FHIR_ID
 from lang1ops.settings.bulk import BulkExportSettings
 
 log = logging.getLogger("lang1ops.bulk")
@@ -180,7 +181,7 @@ class BulkExportClient:
         elif level == "patient":
             path = "Patient/$export"
         elif level == "group":
-            if not group_id or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", group_id):
+            if not group_id or not FHIR_ID.fullmatch(group_id):
                 raise ValueError("a group export needs a valid Group id")
             path = f"Group/{group_id}/$export"
         else:

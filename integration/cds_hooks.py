@@ -35,11 +35,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from starlette.concurrency import run_in_threadpool
 
 from integration.cds_auth import CdsCaller, CdsJwtVerifier
+from lang1ops.identifiers import FHIR_ID
 from lang1ops.notes import aware_datetime, reference_id
 from lang1ops.settings.cds_hooks import CdsHooksSettings, IndicatorThresholds
 from lang1ops.tasks import LOINC, NoteType, TaskContract, TaskSpec
-from serving.api import FHIR_ID, ApiError, read_json_body
+from serving.api import read_json_body
 from serving.auth import AuthError, Principal, Role, TokenReplayLog
+from serving.service import ApiError
 from serving.store import Store, UTCDateTime, table_metadata
 
 log = logging.getLogger("lang1ops.cds_hooks")
@@ -251,7 +253,9 @@ class Candidate:
 
 
 @dataclass
-class ScoredNote:
+class CardNote:
+    """A note as a CDS card reports it: its scores and where they came from (not the store's row)."""
+
     note_type: NoteType
     reference: str
     date: datetime | None
@@ -263,7 +267,7 @@ class ScoredNote:
 
 @dataclass
 class Gathered:
-    scored: dict[NoteType, ScoredNote] = field(default_factory=dict)
+    scored: dict[NoteType, CardNote] = field(default_factory=dict)
     missing: dict[NoteType, str] = field(default_factory=dict)  # note type -> why it is not there
 
 
@@ -449,7 +453,7 @@ class TaskResult:
     probs: list[float]
     event_p: float
     indicator: str
-    note: ScoredNote
+    note: CardNote
 
     def phrase(self) -> str:
         if self.task.binary:
@@ -692,7 +696,7 @@ def cds_hooks_router(settings: CdsHooksSettings, verifier: CdsJwtVerifier | None
                     log.error("CDS scoring failed: %s (request %s)", type(exc).__name__, request_id)
                     raise ApiError(503, "transient", "the scorer failed; no risk was computed, retry later "
                                                      f"(request {request_id})") from None
-                gathered.scored[kind] = ScoredNote(
+                gathered.scored[kind] = CardNote(
                     note_type=kind, reference=f"DocumentReference/{resource.get('id')}", date=candidate.date,
                     model_name=resources[0]["method"]["coding"][0]["code"] if resources else "lang1-ops",
                     model_version=version, replayed=replayed, probabilities=_ra_probabilities(resources, contract))

@@ -78,8 +78,8 @@ def worker(store_url: StoreOption = None,
     from integration.fhir_client import FhirClient
     from integration.subscriptions import SubscriptionWorker
     from lang1ops.settings import get_settings
-    from serving.api import ScoringService
     from serving.backends import LocalBackend, resolve_model
+    from serving.service import ScoringService
     from serving.store import Store
 
     settings = get_settings()

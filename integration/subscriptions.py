@@ -35,11 +35,13 @@ from starlette.concurrency import run_in_threadpool
 from integration.fhir_client import FhirClient, FhirError, FhirNotFound
 from integration.work_queue import Job, WorkQueue
 from integration.writeback import write_risk_assessments
+from lang1ops.identifiers import FHIR_ID_CHARS
 from lang1ops.notes import reference_id
 from lang1ops.settings.fhir_client import SubscriptionSettings
-from serving.api import ApiError, ScoringService, read_json_body
+from serving.api import read_json_body
 from serving.auth import Principal, Role, require_role
 from serving.fhir_output import operation_outcome
+from serving.service import ApiError, ScoringService
 
 log = logging.getLogger("lang1ops.subscriptions")
 
@@ -47,9 +49,8 @@ QUEUE = "subscription"
 NOTIFICATION_PATH = "/fhir/subscription-notification"
 NOTIFICATION_TYPES = ("handshake", "heartbeat", "event-notification", "query-status", "query-event")
 SCORED_TYPES = ("DocumentReference",)
-_FHIR_ID = r"[A-Za-z0-9\-.]{1,64}"
 # "DocumentReference/123", "DocumentReference/123/_history/2", or an absolute URL ending so.
-REFERENCE = re.compile(rf"(?:.*/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>{_FHIR_ID})(?:/_history/(?P<version>{_FHIR_ID}))?")
+REFERENCE = re.compile(rf"(?:.*/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>{FHIR_ID_CHARS})(?:/_history/(?P<version>{FHIR_ID_CHARS}))?")
 
 
 class NotificationError(ValueError):

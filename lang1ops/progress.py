@@ -1,4 +1,5 @@
-"""Rich progress bars and tables shared by every long-running command."""
+"""The command line's shared console: rich progress bars for every long-running command, and
+the one-line error every command prints for bad input (`fail`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -22,6 +24,12 @@ T = TypeVar("T")
 
 # stderr, so that commands whose stdout is data (JSON, ndjson) stay pipeable.
 console = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error to stderr; raise the returned Exit (code 2, as for bad usage)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
 
 
 class _PlainProgress(Progress):

@@ -28,8 +28,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from lang1ops.settings.monitoring import AlertWebhookSettings
-from serving.api import ApiError
 from serving.auth import Principal, Role, hash_api_key, require_role
+from serving.service import ApiError
 from serving.store import Store, UTCDateTime, table_metadata
 
 MAX_LABELS = 32

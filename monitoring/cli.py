@@ -18,14 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from lang1ops.progress import console as progress_console
+from lang1ops.progress import fail
 
 monitor_app = typer.Typer(no_args_is_help=True, help="Drift checks, performance once outcomes arrive, the retraining loop.")
 stdout = Console()
 
-
-def fail(message: str) -> typer.Exit:
-    progress_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def _context():

@@ -14,7 +14,7 @@ import numpy as np
 from lang1ops.scorer import LoadedModel, MultitaskScorer, load_model
 from lang1ops.tasks import TaskContract
 from serving import instruments as prom
-from serving.api import ModelInfo, ScoreReply
+from serving.service import ModelInfo, ScoreReply
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.pool import StaticPool
 
+from lang1ops.identifiers import FHIR_ID, FHIR_ID_CHARS
+
 if TYPE_CHECKING:
     import pandas
 
@@ -80,12 +82,11 @@ _SCHEMA_LOCK_KEY = 0x6C316F70
 # Identifier columns: bounded, no whitespace (a note sentence cannot pass).
 _TOKEN = re.compile(r"\S+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 _TASK = re.compile(r"[A-Za-z0-9_\-]{1,32}")
 # "DocumentReference/<id>/_history/<version>" or "sha256:<hash>", the caller may qualify it
 # (e.g. "...#sha256:<hash>", "...?tasks=los,cci"); never whitespace.
-_IDEMPOTENCY_KEY = re.compile(r"(?:[A-Z][A-Za-z]{0,63}/[A-Za-z0-9\-.]{1,64}|sha256:[0-9a-f]{64})\S*")
+_IDEMPOTENCY_KEY = re.compile(rf"(?:[A-Z][A-Za-z]{{0,63}}/{FHIR_ID_CHARS}|sha256:[0-9a-f]{{64}})\S*")
 
 # Column lengths, shared by the schema and the validation that runs before a write.
 ID_LEN = 64
@@ -444,8 +445,8 @@ def _new_note(score: NewScore) -> ScoredNote:
         request_id=_check("request_id", score.request_id, _TOKEN, ID_LEN),
         idempotency_key=key,
         resource_type=_check("resource_type", score.resource_type, _RESOURCE_TYPE, ID_LEN),
-        resource_id=_check("resource_id", score.resource_id, _FHIR_ID, ID_LEN, optional=True),
-        version_id=_check("version_id", score.version_id, _FHIR_ID, ID_LEN, optional=True),
+        resource_id=_check("resource_id", score.resource_id, FHIR_ID, ID_LEN, optional=True),
+        version_id=_check("version_id", score.version_id, FHIR_ID, ID_LEN, optional=True),
         text_sha256=_check("text_sha256", sha, _SHA256, 64),
         note_type=_check("note_type", score.note_type, _TOKEN, ID_LEN, optional=True),
         patient_id=_check("patient_id", score.patient_id, _TOKEN, ID_LEN, optional=True),

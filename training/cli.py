@@ -12,8 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lang1ops.progress import console as progress_console
-from lang1ops.progress import progress_bar
+from lang1ops.progress import fail, progress_bar
 from lang1ops.settings import get_settings
 
 stdout = Console()
@@ -29,10 +28,6 @@ class SftMethod(StrEnum):
     FULL = "full"
     LORA = "lora"
 
-
-def fail(message: str) -> typer.Exit:
-    progress_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -10,7 +10,6 @@ with no location falls back to `serviceType.text`, else "unassigned".
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from sqlalchemy import Index, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from lang1ops.identifiers import FHIR_ID
 from serving.store import UTCDateTime, table_metadata
 
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 UNIT_LEN = 128
 UNASSIGNED = "unassigned"
 
@@ -70,7 +69,7 @@ def _reference_id(reference: object, resource_type: str) -> str | None:
     if not isinstance(value, str) or not value.startswith(resource_type + "/"):
         return None
     rid = value.split("/", 2)[1]
-    return rid if _FHIR_ID.fullmatch(rid) else None
+    return rid if FHIR_ID.fullmatch(rid) else None
 
 
 def _datetime(value: object) -> datetime | None:
@@ -101,7 +100,7 @@ def stay_of_encounter(encounter: dict, inpatient_classes: Iterable[str]) -> Stay
     if not isinstance(encounter, dict) or encounter.get("resourceType") != "Encounter":
         return "not-an-encounter"
     eid = encounter.get("id")
-    if not isinstance(eid, str) or not _FHIR_ID.fullmatch(eid):
+    if not isinstance(eid, str) or not FHIR_ID.fullmatch(eid):
         return "invalid-id"
     klass = encounter.get("class") or {}
     code = klass.get("code") if isinstance(klass, dict) else None

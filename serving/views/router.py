@@ -22,9 +22,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from lang1ops.identifiers import FHIR_ID
 from lang1ops.settings.views import ViewsSettings
-from serving.api import FHIR_ID, ApiError
 from serving.auth import Principal, Role, require_role
+from serving.service import ApiError
 from serving.views import bed_board as beds
 from serving.views import mlops
 from serving.views.census import Census

@@ -27,9 +27,10 @@ from integration.writeback import writeback_key
 from lang1ops.settings.fhir_client import FhirClientSettings, SubscriptionSettings, WorkQueueSettings
 from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import DEFAULT_CONTRACT
-from serving.api import ScoringService, create_api
+from serving.api import create_api
 from serving.auth import ApiKey, Authenticator, AuthSettings, Role, hash_api_key
 from serving.backends import LocalBackend, ResolvedModel
+from serving.service import ScoringService
 from serving.store import Store
 from tests.integration.fhir_server import fhir_server  # noqa: F401  (fixture)
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
