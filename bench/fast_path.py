@@ -119,7 +119,9 @@ def _proba(clf: LogisticRegression, x, n_classes: int) -> np.ndarray:
 def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train: dict[str, int] | None = None,
         val: dict[str, int] | None = None, test: dict[str, int] | None = None, test_split: str | None = None,
         max_note_tokens: int = 512, base_dir: Path | None = None, doc: Path | None = None, seed: int = 0,
-        n_resamples: int = 1000, cache_dir: Path = Path("var/bench/fast_path")) -> str:
+        n_resamples: int = 1000, cache_dir: Path = Path("var/bench/fast_path"), section: str = "fast-path") -> str:
+    """`section` names the docs/benchmarks.md section: one per hospital (the second hospital's
+    run writes its own beside the demo hospital's)."""
     settings = get_settings()
     dataset = Dataset.load(Path(dataset_dir or Path("var/demo/dataset")))
     base = Path(base_dir or settings.model.base_model_dir)
@@ -228,7 +230,8 @@ def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train
         events.append(f"{task} {counts[1] if len(counts) == 2 else '/'.join(map(str, counts))}")
     sizes = {s: {t: len(frames[(s, t)]) for t in tasks} for s in notes}
     best = max(means, key=means.get)
-    body = f"""## Fast-path candidates (heads on the frozen base)
+    hospital = Path(dataset.path).parent.name  # the hospital's work directory, e.g. var/lakeside
+    body = f"""## Fast-path candidates (heads on the frozen base){'' if section == 'fast-path' else f': {hospital}'}
 
 Command: `{COMMAND}` on `{dataset.path}`; SmolLM2-135M-Instruct base, {max_note_tokens}-token notes.
 Machine: {machine()}.
@@ -244,5 +247,5 @@ row's five models (C search included; the n-gram vocabulary, {tfidf_features_s:.
 
 Best mean AUROC: {best} ({means[best]:.3f}).
 """
-    write_section("fast-path", body, doc)
+    write_section(section, body, doc)
     return body

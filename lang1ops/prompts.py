@@ -110,8 +110,20 @@ class PromptEncoder:
         spec = self._task(task)
         if spec.name not in self._suffix_cache:
             suffix = self.contract.question_suffix(spec)
-            self._suffix_cache[spec.name] = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+            self._suffix_cache[spec.name] = self._after_text_ids(suffix)
         return list(self._suffix_cache[spec.name])
+
+    def _after_text_ids(self, text: str) -> list[int]:
+        """`text`'s tokens as they follow a note, not as a text of its own. A SentencePiece
+        tokenizer with a dummy prefix (Llama-2's, so Lang1's) starts every text it tokenizes
+        alone with a lone '▁' token, which the whole prompt tokenized at once does not have
+        after the note; tokenizing an anchor word with and without `text` and keeping the
+        difference gives the tokens the paper's jointly tokenized prompt has."""
+        anchor = self.tokenizer("note", add_special_tokens=False)["input_ids"]
+        joined = self.tokenizer("note" + text, add_special_tokens=False)["input_ids"]
+        if joined[: len(anchor)] == anchor:
+            return joined[len(anchor) :]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # merged across: tokens alone
 
     def option_token_ids(self, task: TaskSpec | str) -> list[int]:
         """One token id per option, in option order; the answer is read from these logits."""

@@ -103,3 +103,55 @@ def test_score_naive_matches_a_hand_computation(tiny_llama_dir: Path) -> None:
         assert probabilities.dtype == np.float64
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-12)
         np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(tmp_path_factory):
+    """A Llama-2-style tokenizer (SentencePiece BPE, byte fallback, dummy prefix, legacy), the
+    kind Lang1 checkpoints use, trained here on a small corpus: no download."""
+    import random
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("sp-tokenizer")
+    rng = random.Random(0)
+    words = ("patient admitted with chest pain sepsis shock history of diabetes heart failure discharged home "
+             "Given the above admission note will die during hospital days").split()
+    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(3000)]
+    lines += [f"Question: will the patient die?\nA. no\nB. yes\nAnswer: {x}" for x in "ABCDE"] * 50
+    lines += [" ".join(rng.choice("ABCDE") for _ in range(20)) for _ in range(2000)]  # " A".." E": single pieces
+    (root / "corpus.txt").write_text("\n".join(lines))
+    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, add_dummy_prefix=True, split_digits=True,
+                                   allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+                                   normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   minloglevel=2)
+    (root / "tok").mkdir()
+    (root / "tokenizer.model").rename(root / "tok" / "tokenizer.model")
+    (root / "tok" / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "LlamaTokenizer", "legacy": true, "add_bos_token": true, "add_eos_token": false, '
+        '"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}')
+    return AutoTokenizer.from_pretrained(str(root / "tok"))
+
+
+@pytest.mark.parametrize("task", DEFAULT_CONTRACT.names)
+def test_prompt_tokens_match_the_jointly_tokenized_prompt_on_a_sentencepiece_tokenizer(sentencepiece_tokenizer, task):
+    """Llama-2's tokenizer starts a text tokenized alone with a lone dummy-prefix token; the
+    question must not carry one after the note, or the served prompt differs from the paper's."""
+    tok = sentencepiece_tokenizer
+    suffix = DEFAULT_CONTRACT.question_suffix(DEFAULT_CONTRACT.task(task))
+    alone = tok(suffix, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(alone[:1]) == ["\u2581"]  # the pitfall is real on this tokenizer
+    encoder = PromptEncoder(tok, DEFAULT_CONTRACT, 64)
+    note = "patient admitted with chest pain and sepsis"
+    assert encoder.prompt_ids(note, task) == tok(note + suffix)["input_ids"]
+    assert len(encoder.option_token_ids(task)) == DEFAULT_CONTRACT.task(task).n_classes
+
+
+def test_suffix_tokens_are_unchanged_on_a_byte_level_bpe_tokenizer(tokenizer):
+    """SmolLM2's kind (byte-level BPE, no dummy prefix): the question's tokens after a note are
+    its tokens alone, so models trained before the change keep their prompts."""
+    encoder = PromptEncoder(tokenizer, DEFAULT_CONTRACT, 64)
+    for task in DEFAULT_CONTRACT.names:
+        assert encoder.suffix_ids(task) == plain_ids(tokenizer, DEFAULT_CONTRACT.question_suffix(DEFAULT_CONTRACT.task(task)))
