@@ -13,14 +13,14 @@ Rules (CDS Hooks 2.0, "Trusting CDS Clients"):
   cache lives in this process's memory: with several API replicas a token could be replayed once
   against each other replica within its (short, default 5 min) lifetime.
 
-JWK Set parsing, key-type/alg matching and the cached JWKS fetch are serving.auth's; this module
-adds what differs for CDS Hooks (per-endpoint audience, jku allow-list, jti replay). Every refusal
-is an `AuthError(401, ...)` with a short fixed message that never contains the token.
+The verification sequence (header checks, key selection by kid, the cached JWKS fetch, claims,
+jti single use) is serving.auth's `verify_jwt`; this module sets the CDS Hooks rules (per-endpoint
+audience, jku allow-list, jti always required, the in-memory replay cache). Every refusal is an
+`AuthError(401, ...)` with a short fixed message that never contains the token.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import jwt
 
 from lang1ops.settings.cds_hooks import CdsClient, CdsHooksSettings
 from serving.auth import (
@@ -36,13 +35,12 @@ from serving.auth import (
     AuthError,
     IssuerKeys,
     JwtIssuer,
+    JwtRules,
     KeyFetchClient,
     Principal,
     Role,
-    decode_signed,
+    verify_jwt,
 )
-
-logger = logging.getLogger(__name__)
 
 _REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "jti"]
 _PLACEHOLDER_AUDIENCE = "cds-hooks"  # JwtIssuer needs one; the real audience is checked per request
@@ -111,6 +109,18 @@ class _Client:
             for url in config.jku_allow_list
         }
 
+    def keys(self, header: dict[str, Any]) -> IssuerKeys:
+        """The key set a token's header may use: its `jku`, if allow-listed, else the configured one."""
+        jku = header.get("jku")
+        if jku is not None:
+            keys = self.by_jku.get(jku) if isinstance(jku, str) else None
+            if keys is None:
+                raise _refused("token jku is not allow-listed for this issuer")
+            return keys
+        if self.configured is None:
+            raise _refused("token has no jku and no JWK Set is configured for this issuer")
+        return self.configured
+
 
 class CdsJwtVerifier:
     """Turns the EHR's `Authorization: Bearer <JWT>` into a CdsCaller, or raises AuthError(401)."""
@@ -136,64 +146,24 @@ class CdsJwtVerifier:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or token.count(".") != 2 or len(token) > MAX_CREDENTIAL_CHARS:
             raise AuthError(401, "authorization must be 'Bearer <JWT>'", error="invalid_request")
-        try:
-            return self._verify(token, list(audiences))
-        except AuthError:
-            raise
-        except Exception as exc:  # fail closed on anything unexpected from parsing or crypto
-            logger.warning("CDS JWT rejected: unexpected %s", type(exc).__name__)
-            raise _refused("invalid token") from None
-
-    def _verify(self, token: str, audiences: list[str]) -> CdsCaller:
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise _refused("invalid token") from None
-        alg = header.get("alg")
-        iss = unverified.get("iss")
-        client = self._clients.get(iss) if isinstance(iss, str) else None
-        if client is None:  # before any key lookup: unknown issuers cause no jku traffic
-            raise _refused("token issuer not accepted")
-        if not isinstance(alg, str) or alg not in client.config.algorithms:
-            raise _refused("token algorithm not accepted (CDS Hooks requires RS384 or ES384)")
-        if "crit" in header:
-            raise _refused("token uses unsupported critical headers")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > 256:
-            raise _refused("token has no key id (kid)")
-        jku = header.get("jku")
-        if jku is not None:
-            keys = client.by_jku.get(jku) if isinstance(jku, str) else None
-            if keys is None:
-                raise _refused("token jku is not allow-listed for this issuer")
-        elif client.configured is not None:
-            keys = client.configured
-        else:
-            raise _refused("token has no jku and no JWK Set is configured for this issuer")
-        candidates = [k for k in keys.keys_for(kid, self._keys_http.get, time.monotonic()) if k.fits(alg)]
-        if not candidates:
-            raise _refused("token signing key not recognised")
-        claims = decode_signed(token, candidates, alg, audience=audiences, issuer=iss, leeway=self.settings.leeway_s,
-                               required=_REQUIRED_CLAIMS)
-        return self._accept(claims, iss)
-
-    def _accept(self, claims: dict[str, Any], iss: str) -> CdsCaller:
-        exp, iat, jti = claims["exp"], claims["iat"], claims["jti"]
-        if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
-            raise _refused("token jti must be a string of 1 to 256 characters")
-        if not isinstance(iat, int | float) or not isinstance(exp, int | float):
-            raise _refused("token exp and iat must be numbers")
-        if exp - iat > self.settings.max_token_lifetime_s:
-            raise _refused(f"token lifetime over {self.settings.max_token_lifetime_s} s")
-        # checked last: only a verified token may take a place in the replay cache
-        if not self.replays.first_use(iss, jti, float(exp) + self.settings.leeway_s):
-            raise _refused("token replayed (jti already used)")
-        sub = claims.get("sub")
-        tenant = claims.get("tenant")
+        rules, claims = verify_jwt(token, lambda iss: self._rules(iss, audiences), keys_http=self._keys_http,
+                                   clock=time.monotonic, replays=self.replays, what="CDS JWT")
+        sub, tenant, jti = claims.get("sub"), claims.get("tenant"), claims["jti"]
         return CdsCaller(
-            issuer=iss,
-            subject=sub if isinstance(sub, str) and 0 < len(sub) <= 256 else iss,
+            issuer=rules.issuer,
+            subject=sub if isinstance(sub, str) and 0 < len(sub) <= 256 else rules.issuer,
             tenant=tenant if isinstance(tenant, str) and len(tenant) <= 256 else None,
             jti=jti,
+        )
+
+    def _rules(self, iss: str, audiences: Sequence[str]) -> JwtRules | None:
+        client = self._clients.get(iss)
+        if client is None:
+            return None
+        return JwtRules(
+            issuer=iss, algorithms=client.config.algorithms, keys=client.keys, audience=list(audiences),
+            required=_REQUIRED_CLAIMS, leeway_s=self.settings.leeway_s,
+            max_lifetime_s=self.settings.max_token_lifetime_s, single_use=True,
+            alg_refused="token algorithm not accepted (CDS Hooks requires RS384 or ES384)",
+            kid_missing="token has no key id (kid)",
         )

@@ -28,8 +28,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from lang1ops.settings.bulk import OutcomesFeedSettings
+from lang1ops.store_schema import Prediction, ScoredNote
 from lang1ops.tasks import DEFAULT_CONTRACT, TaskContract
-from serving.store import Prediction, ScoredNote, Store
+from serving.store import Store
 from training.labels import EncounterRecord, HospitalRecords, NoLabel, task_label
 
 

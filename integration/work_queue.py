@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Index,
     Integer,
     String,
@@ -35,11 +34,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from lang1ops.database import BigId, UTCDateTime, table_metadata, write_engine
 from lang1ops.settings.fhir_client import WorkQueueSettings
-from serving.store import Store, UTCDateTime, table_metadata
+from serving.store import Store
 
 JobStatus = Literal["pending", "claimed", "done", "dead"]
-_BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class _Base(DeclarativeBase):
@@ -53,7 +52,7 @@ class WorkJob(_Base):
         Index("ix_work_jobs_due", "queue", "status", "available_at"),
     )
 
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     queue: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(512), doc="Idempotency key: enqueuing it again is a no-op.")
     payload: Mapped[dict] = mapped_column(JSON, doc="References and ids only; never note text.")
@@ -104,9 +103,8 @@ class WorkQueue:
         engine = store.engine
         self._dialect = engine.dialect.name
         # SQLite: BEGIN IMMEDIATE takes the write lock before reading, so two claimers never
-        # pick the same job (serving.store's "begin" hook reads this execution option).
-        writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self._dialect == "sqlite" else engine
-        self._write = sessionmaker(writer, expire_on_commit=False)
+        # pick the same job.
+        self._write = sessionmaker(write_engine(engine), expire_on_commit=False)
         self._read = sessionmaker(engine, expire_on_commit=False)
 
     @contextmanager

@@ -22,15 +22,16 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy import JSON, Index, String, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from lang1ops.database import BigId, UTCDateTime, table_metadata, write_engine
 from lang1ops.settings.monitoring import AlertWebhookSettings
 from serving.auth import Principal, Role, hash_api_key, require_role
 from serving.service import ApiError
-from serving.store import Store, UTCDateTime, table_metadata
+from serving.store import Store
 
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 256
@@ -90,7 +91,7 @@ class AlertEventRow(AlertBase):
     __table_args__ = (UniqueConstraint("fingerprint", "status", "starts_at"),
                       Index(None, "status", "last_received_at"))
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
     severity: Mapped[str | None] = mapped_column(String(32))
@@ -135,10 +136,8 @@ class AlertLog:
 
     def __init__(self, store: Store, settings: AlertWebhookSettings | None = None):
         self.settings = settings or AlertWebhookSettings()
-        engine = store.engine
-        writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
-        self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(writer, expire_on_commit=False)
+        self._read = sessionmaker(store.engine, expire_on_commit=False)
+        self._write = sessionmaker(write_engine(store.engine), expire_on_commit=False)
 
     def record(self, payload: WebhookPayload | dict, now: datetime | None = None) -> int:
         """Store the payload's alerts; returns how many were new events (repeats only update

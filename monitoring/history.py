@@ -1,8 +1,8 @@
 """What monitoring found and did, kept in the service's database: drift runs, performance
 windows and the retraining loop's events.
 
-Own tables (own `MetaData`) created on the `Store`'s engine, so serving/store.py does not
-change. Only numbers, ids, versions, column names and fixed phrases are written: never note
+Own tables (own `MetaData`) on the `Store`'s engine, created by the store's migrations
+(`lang1ops.migrations`). Only numbers, ids, versions, column names and fixed phrases are written: never note
 text (details are built from counts, AUROCs and reasons the code writes itself).
 """
 
@@ -17,12 +17,15 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, Integer, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from serving.store import Store, UTCDateTime
+from lang1ops.database import UTCDateTime
+from serving.store import Store
 
 _Json = JSON(none_as_null=True)
 
 
 class HistoryBase(DeclarativeBase):
+    # SQLAlchemy's default names, not `lang1ops.database.table_metadata()`: these tables predate the
+    # naming convention and their migration keeps unnamed primary keys (the index names are the same).
     pass
 
 

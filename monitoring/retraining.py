@@ -215,7 +215,7 @@ class RetrainingLoop:
             return None
 
     def _retrain(self, result: CycleResult, champion, event) -> CycleResult:
-        from lang1ops.registry import promotion_gate
+        from lang1ops.promotion import promotion_gate
 
         run_dir = Path(self.settings.runs_dir) / "retraining" / result.cycle
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +297,7 @@ class RetrainingLoop:
 def compare_on_split(champion_dir: Path, candidate_dir: Path, dataset, split: str, base_fallback: Path | None = None,
                      cache=None):
     """Labels and both models' probabilities (as the service computes them) for every task both
-    answer, on `split`'s notes: what `lang1ops.registry.promotion_gate` judges."""
+    answer, on `split`'s notes: what `lang1ops.promotion.promotion_gate` judges."""
     from lang1ops.artifact import load_artifact_contract
     from monitoring.drift import score_texts
 

@@ -25,8 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from lang1ops.store_schema import Outcome
 from monitoring.history import MonitoringHistory
-from serving.store import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import jwt
@@ -156,6 +156,12 @@ def check_lifetime(claims: dict[str, Any], max_lifetime_s: int) -> None:
         raise _unauthorized(f"token lifetime over {max_lifetime_s} s")
 
 
+class ReplayLog(Protocol):
+    """Where single-use tokens' jtis are remembered until they expire."""
+
+    def first_use(self, issuer: str, jti: str, forget_after: float) -> bool: ...
+
+
 class TokenReplayLog:
     """Signed tokens' jtis in the store, shared by every replica and process: `first_use` is
     False for a jti seen before (from the same issuer) while its token is unexpired."""
@@ -227,6 +233,82 @@ class IssuerKeys:
         logger.info("JWKS for issuer %r fetched: %d key ids", self.config.issuer, len(keys))
 
 
+# --- JWT verification (API access tokens here, CDS Hooks client JWTs in integration.cds_auth) --
+
+
+@dataclass(frozen=True)
+class JwtRules:
+    """What one allow-listed issuer's tokens must satisfy: each caller's policy for `verify_jwt`."""
+
+    issuer: str
+    algorithms: Collection[str]
+    keys: Callable[[dict[str, Any]], IssuerKeys]  # the key set the token's header may use, or an AuthError
+    audience: str | list[str]  # `aud` must be (or hold) this, or one of these
+    required: list[str]  # claims that must be present; "jti" among them when single_use
+    leeway_s: float
+    max_lifetime_s: int
+    single_use: bool  # the jti is remembered until exp and a second use refused
+    alg_refused: str = "token algorithm not accepted"  # messages the client sees
+    kid_missing: str = "token has no key id"
+
+
+def verify_jwt(token: str, rules_for: Callable[[str], JwtRules | None], *, keys_http: KeyFetchClient,
+               clock: Callable[[], float], replays: ReplayLog | None, what: str = "JWT",
+               ) -> tuple[JwtRules, dict[str, Any]]:
+    """The token issuer's rules and the token's verified claims, or a 401 AuthError naming the
+    failed check, never the token's content.
+
+    In order: the unverified header and ``iss``; the issuer's rules (``rules_for``: None refuses
+    it before any key lookup); ``alg`` on its list; no ``crit``; a ``kid``; the key set the header
+    may use (``rules.keys``) and its keys of that kid fitting ``alg``; signature and claims
+    (``decode_signed``); lifetime; for single-use tokens the jti, last. Anything unexpected from
+    parsing or crypto fails closed ("invalid token", logged as `what` rejected).
+    """
+    try:
+        return _verify_jwt(token, rules_for, keys_http, clock, replays)
+    except AuthError:
+        raise
+    except Exception as exc:  # fail closed on anything unexpected from parsing/crypto
+        logger.warning("%s rejected: unexpected %s", what, type(exc).__name__)
+        raise _unauthorized("invalid token") from None
+
+
+def _verify_jwt(token: str, rules_for: Callable[[str], JwtRules | None], keys_http: KeyFetchClient,
+                clock: Callable[[], float], replays: ReplayLog | None) -> tuple[JwtRules, dict[str, Any]]:
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _unauthorized("invalid token") from None
+    iss = unverified.get("iss")
+    rules = rules_for(iss) if isinstance(iss, str) else None
+    if rules is None:  # before any key lookup: unknown issuers cause no JWKS traffic
+        raise _unauthorized("token issuer not accepted")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in rules.algorithms:
+        raise _unauthorized(rules.alg_refused)
+    if "crit" in header:
+        raise _unauthorized("token uses unsupported critical headers")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > 256:
+        raise _unauthorized(rules.kid_missing)
+    candidates = [k for k in rules.keys(header).keys_for(kid, keys_http.get, clock()) if k.fits(alg)]
+    if not candidates:
+        raise _unauthorized("token signing key not recognised")
+    claims = decode_signed(token, candidates, alg, audience=rules.audience, issuer=rules.issuer,
+                           leeway=rules.leeway_s, required=rules.required)
+    check_lifetime(claims, rules.max_lifetime_s)
+    if rules.single_use:  # checked last: only a verified token may take a place in the replay log
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
+            raise _unauthorized("token jti must be a string of 1 to 256 characters")
+        if replays is None:
+            raise _unauthorized("single-use tokens need the replay log (no store configured)")
+        if not replays.first_use(rules.issuer, jti, float(claims["exp"]) + rules.leeway_s):
+            raise _unauthorized("token replayed (jti already used)")
+    return rules, claims
+
+
 # --- Authenticator --------------------------------------------------------------------------
 
 
@@ -282,7 +364,8 @@ class Authenticator:
         self.settings = settings
         self._keys_http = KeyFetchClient(http)
         self._clock = clock
-        self._issuers = {config.issuer: IssuerKeys(config) for config in settings.issuers}
+        self._issuers = {config.issuer: config for config in settings.issuers}
+        self._jwt_rules = {config.issuer: self._rules_of(config) for config in settings.issuers}
         self.failures = FailedAuthLimiter(settings.failed_auth_limit, settings.failed_auth_window_s, clock)
         self.replays: TokenReplayLog | None = None  # set by create_api: the store every replica shares
         if settings.allow_unauthenticated:
@@ -328,49 +411,19 @@ class Authenticator:
             return None
         return Principal(match.name, frozenset(match.roles), f"api-key:{match.name}")
 
-    def _jwt_principal(self, token: str) -> Principal:
-        try:
-            return self._verify_jwt(token)
-        except AuthError:
-            raise
-        except Exception as exc:  # fail closed on anything unexpected from parsing/crypto
-            logger.warning("JWT rejected: unexpected %s", type(exc).__name__)
-            raise _unauthorized("invalid token") from None
+    @staticmethod
+    def _rules_of(config: JwtIssuer) -> JwtRules:
+        keys = IssuerKeys(config)
+        return JwtRules(
+            issuer=config.issuer, algorithms=config.algorithms, keys=lambda _header: keys, audience=config.audience,
+            required=_REQUIRED_CLAIMS + (["jti"] if config.single_use else []), leeway_s=config.leeway_s,
+            max_lifetime_s=config.max_token_lifetime_s, single_use=config.single_use,
+        )
 
-    def _verify_jwt(self, token: str) -> Principal:
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise _unauthorized("invalid token") from None
-        iss = unverified.get("iss")
-        issuer_keys = self._issuers.get(iss) if isinstance(iss, str) else None
-        if issuer_keys is None:  # before any key lookup: unknown issuers cause no JWKS traffic
-            raise _unauthorized("token issuer not accepted")
-        config = issuer_keys.config
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in config.algorithms:
-            raise _unauthorized("token algorithm not accepted")
-        if "crit" in header:
-            raise _unauthorized("token uses unsupported critical headers")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > 256:
-            raise _unauthorized("token has no key id")
-        candidates = [k for k in issuer_keys.keys_for(kid, self._keys_http.get, self._clock()) if k.fits(alg)]
-        if not candidates:
-            raise _unauthorized("token signing key not recognised")
-        required = _REQUIRED_CLAIMS + (["jti"] if config.single_use else [])
-        claims = decode_signed(token, candidates, alg, audience=config.audience, issuer=config.issuer,
-                               leeway=config.leeway_s, required=required)
-        check_lifetime(claims, config.max_token_lifetime_s)
-        if config.single_use:
-            jti = claims["jti"]
-            if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
-                raise _unauthorized("token jti must be a string of 1 to 256 characters")
-            if self.replays is None:
-                raise _unauthorized("single-use tokens need the replay log (no store configured)")
-            if not self.replays.first_use(config.issuer, jti, float(claims["exp"]) + config.leeway_s):
-                raise _unauthorized("token replayed (jti already used)")
+    def _jwt_principal(self, token: str) -> Principal:
+        rules, claims = verify_jwt(token, self._jwt_rules.get, keys_http=self._keys_http, clock=self._clock,
+                                   replays=self.replays)
+        config = self._issuers[rules.issuer]
         return Principal(self._subject(claims), self._roles(claims, config), f"jwt:{config.issuer}")
 
     @staticmethod

@@ -1,17 +1,15 @@
-"""Persistence of scores, audit records, drift encodings and true outcomes.
+"""Persistence of scores, audit records, drift encodings and true outcomes: the `Store`'s
+operations on the store's tables (`lang1ops.store_schema`).
 
 One `Store` over SQLAlchemy 2.x: SQLite by default (`sqlite:///var/lang1ops.sqlite`), PostgreSQL
-by URL (`postgresql+psycopg://user@host:5432/db`), the same code for both. Every table of the
-store is created and migrated by `serving.migrations` (Alembic) when a `Store` is constructed.
+by URL (`postgresql+psycopg://user@host:5432/db`), the same code for both (the engine, SQLite's
+pragmas and write lock: `lang1ops.database`). Every table of the store is created and migrated
+by `lang1ops.migrations` (Alembic) when a `Store` is constructed.
 
 Note text is PHI and never reaches this module: a scored note is identified by its FHIR
 reference and the sha256 of its text. Identifier columns are bounded strings without
 whitespace (validated before writing), so a sentence of a note cannot be stored by mistake,
 and neither errors nor logs echo a value (the engine hides SQL parameters in its errors).
-
-SQLite is shared by several Ray replica processes writing to one file: connections use WAL,
-a busy timeout, foreign keys, and write transactions start with BEGIN IMMEDIATE so that a
-writer waits for the lock instead of failing on a stale read snapshot.
 
 Times are timezone-aware UTC on both backends (`UTCDateTime`); naive datetimes are refused.
 """
@@ -21,53 +19,34 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sqlite3
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    DateTime,
-    Dialect,
-    Engine,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    delete,
-    event,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Engine, String, delete, func, select
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    relationship,
-    selectinload,
-    sessionmaker,
-)
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from lang1ops.database import aware_utc, make_engine, write_engine
 from lang1ops.identifiers import FHIR_ID, FHIR_ID_CHARS
+from lang1ops.migrations import upgrade_schema
+from lang1ops.store_schema import (
+    ENDPOINT_LEN,
+    ID_LEN,
+    KEY_LEN,
+    NAME_LEN,
+    SHORT_LEN,
+    AuditRecord,
+    NoteEncoding,
+    Outcome,
+    Prediction,
+    ScoredNote,
+    TokenUse,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -75,9 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCES = ("api", "subscription", "bulk", "cds")
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-# pg_advisory_xact_lock key serialising migrations across replicas starting together ("l1op").
-_SCHEMA_LOCK_KEY = 0x6C316F70
 
 # Identifier columns: bounded, no whitespace (a note sentence cannot pass).
 _TOKEN = re.compile(r"\S+")
@@ -87,208 +63,6 @@ _TASK = re.compile(r"[A-Za-z0-9_\-]{1,32}")
 # "DocumentReference/<id>/_history/<version>" or "sha256:<hash>", the caller may qualify it
 # (e.g. "...#sha256:<hash>", "...?tasks=los,cci"); never whitespace.
 _IDEMPOTENCY_KEY = re.compile(rf"(?:[A-Z][A-Za-z]{{0,63}}/{FHIR_ID_CHARS}|sha256:[0-9a-f]{{64}})\S*")
-
-# Column lengths, shared by the schema and the validation that runs before a write.
-ID_LEN = 64
-KEY_LEN = 320
-NAME_LEN = 128
-SHORT_LEN = 32
-DETAIL_LEN = 500
-ENDPOINT_LEN = 256
-
-
-# --------------------------------------------------------------------------------------------- types
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime on every backend.
-
-    PostgreSQL keeps `timestamptz`; SQLite has no timezone type, so the value is stored as naive
-    UTC and given `tzinfo=UTC` back when read. Naive datetimes are refused when written (their
-    zone is unknown), values in another zone are converted to UTC.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = _aware_utc(value, "datetime value")
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-def _aware_utc(value: datetime, name: str) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} is a naive datetime; pass a timezone-aware one (e.g. tzinfo=UTC)")
-    return value.astimezone(UTC)
-
-
-# Autoincrementing 64-bit ids (SQLite only autoincrements INTEGER PRIMARY KEY).
-_BigId = BigInteger().with_variant(Integer, "sqlite")
-_Json = JSON(none_as_null=True)
-
-
-# --------------------------------------------------------------------------------------------- schema
-
-
-# Constraint and index names, identical on SQLite and PostgreSQL. Every module that keeps tables in
-# the store (its own MetaData, created on `Store.engine`) names them the same way.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def table_metadata() -> MetaData:
-    """A MetaData for another module's own tables in the store, named like the store's."""
-    return MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Base(DeclarativeBase):
-    metadata = table_metadata()
-
-
-class ScoredNote(Base):
-    """One scoring of one note by one model version (the note's text is not stored)."""
-
-    __tablename__ = "scored_notes"
-    __table_args__ = (
-        UniqueConstraint("idempotency_key", "model_version", "shadow"),
-        Index(None, "scored_at"),
-        Index(None, "note_date"),
-        Index(None, "request_id"),
-        Index(None, "patient_id"),
-        Index(None, "encounter_id"),
-        Index(None, "resource_type", "resource_id"),
-        Index(None, "model_version", "scored_at"),
-    )
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(ID_LEN))
-    idempotency_key: Mapped[str] = mapped_column(String(KEY_LEN))
-    resource_type: Mapped[str] = mapped_column(String(ID_LEN))
-    resource_id: Mapped[str | None] = mapped_column(String(ID_LEN))
-    version_id: Mapped[str | None] = mapped_column(String(ID_LEN))
-    text_sha256: Mapped[str] = mapped_column(String(64))
-    note_type: Mapped[str | None] = mapped_column(String(ID_LEN))
-    patient_id: Mapped[str | None] = mapped_column(String(ID_LEN))
-    encounter_id: Mapped[str | None] = mapped_column(String(ID_LEN))
-    note_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    scored_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    model_name: Mapped[str] = mapped_column(String(NAME_LEN))
-    model_version: Mapped[str] = mapped_column(String(NAME_LEN))
-    model_kind: Mapped[str] = mapped_column(String(SHORT_LEN))
-    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
-    source: Mapped[str] = mapped_column(String(SHORT_LEN))
-    note_tokens: Mapped[int] = mapped_column(Integer)
-    truncated: Mapped[bool] = mapped_column(Boolean)
-    latency_ms: Mapped[float] = mapped_column(Float)
-    response: Mapped[Any] = mapped_column("response_json", _Json, nullable=True)
-
-    predictions: Mapped[list[Prediction]] = relationship(
-        back_populates="scored_note", cascade="all, delete-orphan", passive_deletes=True, order_by="Prediction.id"
-    )
-    encoding: Mapped[NoteEncoding | None] = relationship(
-        back_populates="scored_note", cascade="all, delete-orphan", passive_deletes=True
-    )
-
-
-class Prediction(Base):
-    """One class probability of one task for a scored note."""
-
-    __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("scored_note_id", "task", "class_index"),)
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
-    scored_note_id: Mapped[int] = mapped_column(ForeignKey("scored_notes.id", ondelete="CASCADE"))
-    task: Mapped[str] = mapped_column(String(SHORT_LEN))
-    class_index: Mapped[int] = mapped_column(Integer)
-    probability: Mapped[float] = mapped_column(Float)
-
-    scored_note: Mapped[ScoredNote] = relationship(back_populates="predictions")
-
-
-class NoteEncoding(Base):
-    """The pooled encoding of a scored note (float32 bytes), kept for drift monitoring."""
-
-    __tablename__ = "note_encodings"
-    __table_args__ = (Index(None, "model_version"),)
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
-    scored_note_id: Mapped[int] = mapped_column(ForeignKey("scored_notes.id", ondelete="CASCADE"), unique=True)
-    model_version: Mapped[str] = mapped_column(String(NAME_LEN))
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
-
-    scored_note: Mapped[ScoredNote] = relationship(back_populates="encoding")
-
-
-class AuditRecord(Base):
-    """Who did what to which resources, and how it ended (no PHI: ids and codes only)."""
-
-    __tablename__ = "audit_log"
-    __table_args__ = (Index(None, "time"), Index(None, "request_id"), Index(None, "action", "time"))
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
-    time: Mapped[datetime] = mapped_column(UTCDateTime)
-    request_id: Mapped[str | None] = mapped_column(String(ID_LEN))
-    actor: Mapped[str | None] = mapped_column(String(NAME_LEN))
-    role: Mapped[str | None] = mapped_column(String(ID_LEN))
-    action: Mapped[str] = mapped_column(String(ID_LEN))
-    endpoint: Mapped[str | None] = mapped_column(String(ENDPOINT_LEN))
-    resource_type: Mapped[str | None] = mapped_column(String(ID_LEN))
-    resource_ids: Mapped[list[str] | None] = mapped_column(_Json, nullable=True)
-    outcome: Mapped[str] = mapped_column(String(ID_LEN))
-    http_status: Mapped[int | None] = mapped_column(Integer)
-    latency_ms: Mapped[float | None] = mapped_column(Float)
-    detail: Mapped[str | None] = mapped_column(String(DETAIL_LEN))
-
-
-class Outcome(Base):
-    """A true label as it arrives (e.g. readmission matures 30 days after discharge)."""
-
-    __tablename__ = "outcomes"
-    __table_args__ = (
-        UniqueConstraint("encounter_id", "task"),
-        Index(None, "patient_id"),
-        Index(None, "task", "observed_at"),
-        Index(None, "recorded_at"),
-    )
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
-    patient_id: Mapped[str | None] = mapped_column(String(ID_LEN))
-    encounter_id: Mapped[str] = mapped_column(String(ID_LEN))
-    task: Mapped[str] = mapped_column(String(SHORT_LEN))
-    label: Mapped[int] = mapped_column(Integer)
-    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    source: Mapped[str | None] = mapped_column(String(ID_LEN))
-    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class TokenUse(Base):
-    """A signed token's (issuer, jti), kept until the token expires: a second use is a replay,
-    whichever replica or process sees it (CDS Hooks JWTs, single-use API JWTs)."""
-
-    __tablename__ = "token_uses"
-    __table_args__ = (UniqueConstraint("issuer", "jti"), Index(None, "expires_at"))
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
-    issuer: Mapped[str] = mapped_column(String(ENDPOINT_LEN))
-    jti: Mapped[str] = mapped_column(String(ENDPOINT_LEN))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
 
 _AUDIT_FIELDS = {c.key for c in AuditRecord.__table__.columns} - {"id"}
 
@@ -440,7 +214,7 @@ def _new_note(score: NewScore) -> ScoredNote:
         raise ValueError("note_tokens must be a non-negative integer")
     probabilities = _probabilities(score.probabilities)
     encoding = _encoding_bytes(score.encoding)
-    scored_at = _aware_utc(score.scored_at, "scored_at") if score.scored_at is not None else datetime.now(UTC)
+    scored_at = aware_utc(score.scored_at, "scored_at") if score.scored_at is not None else datetime.now(UTC)
     note = ScoredNote(
         request_id=_check("request_id", score.request_id, _TOKEN, ID_LEN),
         idempotency_key=key,
@@ -451,7 +225,7 @@ def _new_note(score: NewScore) -> ScoredNote:
         note_type=_check("note_type", score.note_type, _TOKEN, ID_LEN, optional=True),
         patient_id=_check("patient_id", score.patient_id, _TOKEN, ID_LEN, optional=True),
         encounter_id=_check("encounter_id", score.encounter_id, _TOKEN, ID_LEN, optional=True),
-        note_date=_aware_utc(score.note_date, "note_date") if score.note_date is not None else None,
+        note_date=aware_utc(score.note_date, "note_date") if score.note_date is not None else None,
         scored_at=scored_at,
         model_name=_check("model_name", score.model_name, _TOKEN, NAME_LEN),
         model_version=_check("model_version", score.model_version, _TOKEN, NAME_LEN),
@@ -480,80 +254,6 @@ def _clip(value: Any, length: int) -> str | None:
     return value if len(value) <= length else value[: length - 1] + "…"
 
 
-# --------------------------------------------------------------------------------------------- engine
-
-
-def _make_engine(url: str | URL) -> Engine:
-    u = make_url(url)
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        return _sqlite_engine(u)
-    if backend == "postgresql":
-        if u.drivername == "postgresql":
-            u = u.set(drivername="postgresql+psycopg")
-        return create_engine(
-            u,
-            hide_parameters=True,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
-            connect_args={"connect_timeout": 10, "application_name": "lang1ops"},
-        )
-    raise ValueError(
-        f"unsupported database backend {backend!r}: use sqlite:///path/db.sqlite or postgresql+psycopg://..."
-    )
-
-
-def _enable_wal(cursor: Any) -> None:
-    """Switch the file to WAL (persistent; a no-op once done). The switch needs an exclusive
-    lock and SQLite can report "database is locked" at once, without the busy handler, while
-    other processes open a new file at the same moment: retry until the busy timeout."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    delay = 0.002
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-
-
-def _sqlite_engine(u: URL) -> Engine:
-    memory = u.database in (None, "", ":memory:") or u.query.get("mode") == "memory"
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}}
-    if memory:
-        kwargs["poolclass"] = StaticPool  # one shared connection, else every session gets its own empty db
-    else:
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(u, hide_parameters=True, **kwargs)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # SQLAlchemy, not the sqlite3 module, emits BEGIN (see _on_begin); sqlite3's legacy mode
-        # would start transactions only at the first write, after reads on a stale snapshot.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            if not memory:
-                _enable_wal(cursor)
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Write transactions take the write lock up front (waiting up to the busy timeout).
-        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine
-
-
 # --------------------------------------------------------------------------------------------- store
 
 
@@ -571,7 +271,7 @@ def _timestamps(values: Any) -> Any:
 
 
 def _window(column: Any, start: datetime, end: datetime) -> list[Any]:
-    return [column >= _aware_utc(start, "start"), column < _aware_utc(end, "end")]
+    return [column >= aware_utc(start, "start"), column < aware_utc(end, "end")]
 
 
 class Store:
@@ -582,11 +282,10 @@ class Store:
     """
 
     def __init__(self, url: str | URL) -> None:
-        self._engine = _make_engine(url)
+        self._engine = make_engine(url)
         self._read = sessionmaker(self._engine, expire_on_commit=False)
-        writer = self._engine.execution_options(sqlite_begin="IMMEDIATE") if self.backend == "sqlite" else self._engine
-        self._write = sessionmaker(writer, expire_on_commit=False)
-        self._create_schema()
+        self._write = sessionmaker(write_engine(self._engine), expire_on_commit=False)
+        upgrade_schema(self._engine)  # every table of the store, in one place (lang1ops/migrations)
 
     # -- plumbing
 
@@ -615,16 +314,6 @@ class Store:
     def dispose(self) -> None:
         """Close every pooled connection (call before a process exits or forks)."""
         self._engine.dispose()
-
-    def _create_schema(self) -> None:
-        # Serialised, so replicas starting together do not race on CREATE TABLE.
-        with self._write.begin() as session:
-            connection = session.connection()
-            if self.backend == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            from serving.migrations import migrate
-
-            migrate(connection)  # every table of the store, in one place (serving/migrations)
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -711,7 +400,7 @@ class Store:
         encodings go with them (ON DELETE CASCADE). Returns the number of notes deleted."""
         with self._write.begin() as session:
             result = session.execute(
-                delete(ScoredNote).where(ScoredNote.scored_at < _aware_utc(before, "before")),
+                delete(ScoredNote).where(ScoredNote.scored_at < aware_utc(before, "before")),
                 execution_options={"synchronize_session": False},
             )
             return int(result.rowcount or 0)
@@ -720,7 +409,7 @@ class Store:
         """How many scored notes `purge_scores(before)` would delete."""
         with self._reading() as session:
             return int(session.scalar(select(func.count(ScoredNote.id)).where(
-                ScoredNote.scored_at < _aware_utc(before, "before"))) or 0)
+                ScoredNote.scored_at < aware_utc(before, "before"))) or 0)
 
     def scores_between(
         self,
@@ -802,7 +491,7 @@ class Store:
             with self._write.begin() as session:
                 session.execute(delete(TokenUse).where(TokenUse.expires_at <= now),
                                 execution_options={"synchronize_session": False})
-                session.add(TokenUse(issuer=issuer, jti=jti, expires_at=_aware_utc(expires_at, "expires_at")))
+                session.add(TokenUse(issuer=issuer, jti=jti, expires_at=aware_utc(expires_at, "expires_at")))
             return True
         except IntegrityError:  # unique (issuer, jti): already used, by this process or another
             return False
@@ -820,7 +509,7 @@ class Store:
             raise ValueError("an audit record needs an action")
         lengths = {c.key: c.type.length for c in AuditRecord.__table__.columns if isinstance(c.type, String)}
         values: dict[str, Any] = {k: _clip(v, lengths[k]) if k in lengths else v for k, v in fields.items()}
-        values["time"] = _aware_utc(fields["time"], "time") if fields.get("time") is not None else datetime.now(UTC)
+        values["time"] = aware_utc(fields["time"], "time") if fields.get("time") is not None else datetime.now(UTC)
         values["outcome"] = values.get("outcome") or "ok"
         ids = fields.get("resource_ids")
         if ids is not None:
@@ -861,7 +550,7 @@ class Store:
             "encounter_id": _check("encounter_id", encounter_id, _TOKEN, ID_LEN),
             "task": _check("task", task, _TASK, SHORT_LEN),
             "label": int(label),
-            "observed_at": _aware_utc(observed_at, "observed_at"),
+            "observed_at": aware_utc(observed_at, "observed_at"),
             "source": _check("source", source, _TOKEN, ID_LEN, optional=True),
             "recorded_at": datetime.now(UTC),
         }
@@ -900,7 +589,7 @@ class Store:
         if task is not None:
             query = query.where(Outcome.task == task)
         if since is not None:
-            query = query.where(column >= _aware_utc(since, "since"))
+            query = query.where(column >= aware_utc(since, "since"))
         with self._reading() as session:
             rows = session.execute(query).all()
         frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)

@@ -20,8 +20,8 @@ from sqlalchemy import Index, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from lang1ops.database import UTCDateTime, table_metadata, write_engine
 from lang1ops.identifiers import FHIR_ID
-from serving.store import UTCDateTime, table_metadata
 
 UNIT_LEN = 128
 UNASSIGNED = "unassigned"
@@ -126,8 +126,7 @@ class Census:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        # writes take SQLite's write lock up front (as the Store does), so they wait instead of failing
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
+        self._writer = write_engine(engine)  # SQLite's write lock up front: writes wait instead of failing
 
     def upsert(self, stays: Iterable[Stay]) -> int:
         """Insert or replace stays by encounter id (the newest load wins). Returns the count."""

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Index, Integer, String, select
+from sqlalchemy import Index, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from serving.store import UTCDateTime, table_metadata
-
-_BigId = BigInteger().with_variant(Integer, "sqlite")
+from lang1ops.database import BigId, UTCDateTime, table_metadata, write_engine
 
 
 class OutreachStatus(StrEnum):
@@ -38,7 +36,7 @@ class OutreachEvent(OutreachBase):
     __tablename__ = "views_outreach_events"
     __table_args__ = (Index(None, "encounter_id", "id"),)
 
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     encounter_id: Mapped[str] = mapped_column(String(64))
     patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(32))
@@ -62,8 +60,7 @@ class Outreach:
 class OutreachLog:
     def __init__(self, engine: Engine):
         self.engine = engine
-        # writes take SQLite's write lock up front (as the Store does), so they wait instead of failing
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
+        self._writer = write_engine(engine)  # SQLite's write lock up front: writes wait instead of failing
 
     def record(self, encounter_id: str, patient_id: str | None, status: OutreachStatus | str, actor: str,
                role: str | None = None, request_id: str | None = None) -> Outreach:

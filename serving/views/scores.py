@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from serving.store import Prediction, ScoredNote, Store
+from lang1ops.store_schema import Prediction, ScoredNote
+from serving.store import Store
 
 _CHUNK = 500  # encounter ids per IN (...) query, well under every backend's parameter limit
 

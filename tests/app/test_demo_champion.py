@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from app import cli
+from app import demo
 from lang1ops.registry import Registry
 from lang1ops.settings import get_settings
 
 
 @pytest.fixture
 def demo_settings(settings_env, monkeypatch):
-    monkeypatch.setattr(cli, "DEMO_HEADS_LAYERS", (2,))  # the tiny Llama has two layers
+    monkeypatch.setattr(demo, "DEMO_HEADS_LAYERS", (2,))  # the tiny Llama has two layers
     return get_settings()
 
 
 def test_the_gate_judges_the_second_candidate_and_the_audit_says_why(demo_settings, small_dataset, tmp_path):
-    version = cli.demo_champion(small_dataset, tmp_path / "demo")
+    version = demo.demo_champion(small_dataset, tmp_path / "demo")
     registry = Registry(demo_settings.registry_dir)
     versions = {v.version: v for v in registry.versions(demo_settings.model_name)}
     assert set(versions) == {"v0001", "v0002"}
@@ -24,12 +24,12 @@ def test_the_gate_judges_the_second_candidate_and_the_audit_says_why(demo_settin
     assert versions["v0002"].manifest["hyperparameters"]["ngrams"]["terms"] > 0
     events = registry.audit(demo_settings.model_name)
     judged = [e for e in events if e.get("version") == "v0002" and e["action"] in ("promote", "refuse")]
-    assert len(judged) == 1 and judged[0]["details"]["evaluation_split"] == cli.DEMO_GATE_SPLIT
+    assert len(judged) == 1 and judged[0]["details"]["evaluation_split"] == demo.DEMO_GATE_SPLIT
     gate = judged[0]["details"]["gate"]
     # the champion is whichever the gate's rule says: the candidate only when it is not worse
     assert version == ("v0002" if gate["accept"] else "v0001")
     assert (judged[0]["action"] == "promote") == gate["accept"]
     assert gate["candidate_mean"] is not None and len(gate["comparisons"]) == 5
     # run again on the same dataset: the chosen champion is kept, nothing retrained
-    assert cli.demo_champion(small_dataset, tmp_path / "demo") == version
+    assert demo.demo_champion(small_dataset, tmp_path / "demo") == version
     assert len(list(registry.versions(demo_settings.model_name))) == 2

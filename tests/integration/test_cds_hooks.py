@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm
 
-from integration.cds_hooks import CdsTables, cds_hooks_router
+from integration.cds_hooks import cds_hooks_router
+from integration.cds_hooks.tables import CdsTables
 from lang1ops.settings.cds_hooks import CdsClient, CdsHooksSettings
 from lang1ops.settings.serving import ApiSettings
 from lang1ops.tasks import DEFAULT_CONTRACT

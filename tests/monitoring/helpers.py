@@ -37,7 +37,7 @@ def bulk_scores(store: Store, n: int, day: datetime, rng: np.random.Generator, s
     """Like add_scores for tens of thousands of notes: one executemany per table (benchmarks)."""
     from sqlalchemy import insert
 
-    from serving.store import NoteEncoding, Prediction, ScoredNote
+    from lang1ops.store_schema import NoteEncoding, Prediction, ScoredNote
 
     now = datetime.now(UTC)
     notes, predictions, encodings = [], [], []

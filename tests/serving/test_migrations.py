@@ -13,18 +13,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import MetaData
 
-from serving.migrations import current, head
+from lang1ops.migrations import current, head
 from serving.store import Store
 from tests.postgres import postgres_url  # noqa: F401  (fixture)
 
 
 def models_metadata() -> MetaData:
     """Every table a module of the project declares, in one MetaData."""
-    from integration.cds_hooks import _CdsBase
+    from integration.cds_hooks.tables import _CdsBase
     from integration.work_queue import _Base as QueueBase
+    from lang1ops.store_schema import Base
     from monitoring.alerts import AlertBase
     from monitoring.history import HistoryBase
-    from serving.store import Base
     from serving.views.census import CensusBase
     from serving.views.outreach import OutreachBase
 
@@ -64,7 +64,7 @@ def test_the_migrated_schema_is_what_the_models_declare(fresh_url):
 
 
 def test_a_store_from_before_migrations_keeps_its_rows(tmp_path):
-    from serving.store import AuditRecord, Base
+    from lang1ops.store_schema import AuditRecord, Base
     from serving.views.census import CensusBase
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"

@@ -168,7 +168,8 @@ def test_the_watcher_pins_new_champion_and_challenger_versions_in_the_deployment
     settings = make_settings(tmp_path, tiny_llama_dir, f"sqlite:///{tmp_path / 's.sqlite'}", 1)
     settings.serving.shadow, settings.serving.watch_interval_s = True, 0
     deployed = []
-    monkeypatch.setattr(app_module, "build_app", lambda s, model_ref=None, shadow_ref=None: (model_ref, shadow_ref))
+    monkeypatch.setattr(app_module, "build_app",
+                        lambda s, model_ref=None, shadow_ref=None, extensions=None: (model_ref, shadow_ref, extensions))
     monkeypatch.setattr(app_module.serve, "run", lambda application, **_: deployed.append(application))
     steps = iter([lambda: None,
                   lambda: registry.set_alias("lang1-ops", "challenger", "v0002", "test", "shadow it"),
@@ -183,5 +184,9 @@ def test_the_watcher_pins_new_champion_and_challenger_versions_in_the_deployment
         return False
 
     assert app_module.resolved_versions(settings) == ("v0001", None)
-    app_module.watch_registry(settings, ("v0001", None), should_stop)
-    assert deployed == [("v0001", "v0002"), ("v0001", "v0003"), ("v0003", None)]  # promotion clears the challenger
+    def routers(_settings):  # the other areas' endpoints: every redeploy must keep them
+        return []
+
+    app_module.watch_registry(settings, ("v0001", None), should_stop, extensions=routers)
+    # promotion clears the challenger
+    assert deployed == [("v0001", "v0002", routers), ("v0001", "v0003", routers), ("v0003", None, routers)]

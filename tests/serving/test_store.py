@@ -61,7 +61,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield store
     finally:
         if store.backend == "postgresql":  # one database for the session: leave it empty
-            from serving.store import Base
+            from lang1ops.store_schema import Base
 
             Base.metadata.drop_all(store.engine)
             with store.engine.begin() as connection:  # the next Store migrates the dropped tables back
@@ -242,7 +242,7 @@ def test_datetimes_round_trip_as_aware_utc(store: Store) -> None:
         assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
         assert value == expected and value.hour == 12
     with store.engine.connect() as connection:  # through the column type, outside the Store's API
-        from serving.store import ScoredNote
+        from lang1ops.store_schema import ScoredNote
 
         raw = connection.execute(sa.select(ScoredNote.scored_at)).scalar_one()
         assert raw == local and raw.utcoffset() == timedelta(0)
@@ -288,7 +288,7 @@ def test_values_are_validated_without_echoing_them(store: Store) -> None:
 
 
 def test_database_errors_hide_parameters(store: Store) -> None:
-    from serving.store import ScoredNote
+    from lang1ops.store_schema import ScoredNote
 
     store.save_score(make_score())
     row = {c.key: getattr(make_score(), c.key, None) for c in ScoredNote.__table__.columns if c.key != "id"}
