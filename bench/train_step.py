@@ -25,7 +25,7 @@ from lang1ops.prompts import PromptEncoder
 from lang1ops.scorer import cpu_has_native_bf16
 from lang1ops.settings import get_settings
 from lang1ops.tasks import DEFAULT_CONTRACT
-from training.mc_sft import Example, NoteItem, collate, collate_notes, option_loss, shared_option_loss
+from training.mc_batches import Example, NoteItem, collate, collate_notes, option_loss, shared_option_loss
 
 COMMAND = "python -m bench train_step"
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast"}

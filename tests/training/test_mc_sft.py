@@ -16,21 +16,16 @@ from lang1ops.prompts import PromptEncoder
 from lang1ops.scorer import LoadedModel, MultitaskScorer, load_model
 from lang1ops.tasks import DEFAULT_CONTRACT
 from training.dataset import Dataset
-from training.mc_sft import (
+from training.mc_batches import (
     EvenTaskSampler,
     Example,
     NoteItem,
-    SftConfig,
     collate,
     collate_notes,
-    lr_search,
-    make_model,
     option_loss,
-    prepare,
     shared_option_loss,
-    train_loop,
-    write_mc_artifact,
 )
+from training.mc_sft import SftConfig, lr_search, make_model, prepare, train_loop, write_mc_artifact
 
 
 @pytest.fixture(scope="module")
