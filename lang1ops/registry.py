@@ -246,6 +246,16 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _check_alias_change(alias: str, actor: str, reason: str, champion_refusal: str) -> None:
+    """An alias other than the champion, changed by a named actor for a stated reason."""
+    _check_text(actor, "actor")
+    _check_text(reason, "reason")
+    if alias == "champion":
+        raise ValueError(champion_refusal)
+    if alias not in ALIASES:
+        raise ValueError(f"unknown alias {alias!r}: the registry keeps {', '.join(ALIASES)}")
+
+
 def _check_text(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string")
@@ -555,12 +565,7 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: str, actor: str, reason: str,
                   details: dict | None = None) -> None:
         """Point `alias` at `version`. The champion only changes through `promote`."""
-        _check_text(actor, "actor")
-        _check_text(reason, "reason")
-        if alias == "champion":
-            raise ValueError("the champion changes only through promote() (after the promotion gate)")
-        if alias not in ALIASES:
-            raise ValueError(f"unknown alias {alias!r}: the registry keeps {', '.join(ALIASES)}")
+        _check_alias_change(alias, actor, reason, "the champion changes only through promote() (after the promotion gate)")
         self._require_version(name, version)
         with self._locked(name):
             aliases = self.aliases(name)
@@ -575,12 +580,7 @@ class Registry:
     def clear_alias(self, name: str, alias: str, actor: str, reason: str,
                     details: dict | None = None) -> str | None:
         """Remove `alias` (the challenger); returns the version it named, None if it was not set."""
-        _check_text(actor, "actor")
-        _check_text(reason, "reason")
-        if alias == "champion":
-            raise ValueError("the champion cannot be cleared; promote another version instead")
-        if alias not in ALIASES:
-            raise ValueError(f"unknown alias {alias!r}: the registry keeps {', '.join(ALIASES)}")
+        _check_alias_change(alias, actor, reason, "the champion cannot be cleared; promote another version instead")
         if not self._version_ids(name):
             raise self._unknown_model(name)
         with self._locked(name):
