@@ -7,7 +7,8 @@ split after training and applied by the scorer after the softmax:
 
 - binary tasks: Platt scaling on the model's log-odds, p' = sigmoid(slope * log(p1/p0) + intercept);
 - multi-class tasks (LOS, CCI): temperature scaling, p' = softmax(log p / T) (Guo et al. 2017),
-  which keeps the ranking (and so the AUROC) and needs one parameter for k classes.
+  one parameter for k classes; it keeps each note's order of classes but can reorder notes within
+  one class's one-vs-rest ranking, so AUROC is always measured on the calibrated probabilities.
 
 Both read the probabilities alone (the softmax's logits up to a constant), so one map fits every
 kind of model: heads, mc-sft, zero-shot. Fitting lives in `training.calibration`.
