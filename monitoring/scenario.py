@@ -2,8 +2,8 @@
 
 1. a synthetic hospital with the generator's temporal shift (new template, vocabulary, case
    mix and care programs from `shift_from`);
-2. a champion (heads on the frozen base) trained on the pre-shift years, promoted, with its
-   drift reference;
+2. a champion (heads on the frozen base, reading the note's n-grams too: the loop's default
+   trainer) trained on the pre-shift years, promoted, with its drift reference;
 3. notes scored through the service API (FastAPI app, API key, store): held-out patients of
    the champion's own training years (the unshifted window), then the post-shift months;
    their outcomes are fed back with `record_outcome`;
@@ -44,7 +44,7 @@ class ScenarioConfig:
     shift_from: date = date(2024, 1, 1)
     max_note_tokens: int = 256
     heads_layers: tuple[int, ...] = (1, 2, 4)
-    max_train_notes: int = 1500
+    max_train_notes: int = 10000  # per split; the loop's default, above what a scenario hospital holds
     model_name: str = "lang1-ops"
     score_before: int = 300  # held-out pre-shift notes scored through the service (sampled)
     score_after: int = 400  # post-shift notes before the newest window (sampled)

@@ -194,6 +194,8 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
         best = EvalPoint(**saved["best"]) if saved["best"] else None
         best_state, since_best, first = saved["best_state"], saved["since_best"], saved["step"] + 1
         seen = saved.get("examples_seen", 0)
+        if history and on_eval:  # a resumed run's progress shows its last validation AUROC, not nothing
+            on_eval(history[-1])
 
     def save(step: int) -> None:
         if checkpoint is not None and is_main:
@@ -303,8 +305,8 @@ class Checkpoint:
     leaves the previous one), tied to the run's settings: a checkpoint of another run (other
     learning rate, steps, data caps, base) is refused rather than silently continued."""
 
-    def __init__(self, path: Path, run_fingerprint: str):
-        self.path, self.fingerprint = Path(path), run_fingerprint
+    def __init__(self, path: Path, run_fingerprint: str, on_save: Callable[[int], None] | None = None):
+        self.path, self.fingerprint, self.on_save = Path(path), run_fingerprint, on_save
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -321,6 +323,8 @@ class Checkpoint:
         partial = self.path.with_suffix(".partial")
         torch.save({**state, "fingerprint": self.fingerprint}, partial)
         partial.replace(self.path)
+        if self.on_save:
+            self.on_save(state["step"])
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -400,22 +404,28 @@ def train_mc(dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig,
         progress_file.write_text(json.dumps({"lr": lr, "search": search}))  # a resumed run does not search again
     fingerprint = hashlib.sha256(json.dumps([asdict(replace(config, lr=lr, time_limit_s=None, device="")),
                                              str(dataset.path), weights_sha256(base_dir)], default=str).encode()).hexdigest()
-    checkpoint = Checkpoint(checkpoint_path(out_dir), fingerprint)
+    prior_s = resumed.get("elapsed_s", 0.0)
+
+    def note_progress(step: int) -> None:
+        # at every checkpoint, not only at a clean stop: a part that is killed (machine restart,
+        # OOM) still counts the time up to its last checkpoint in the artifact's wall time
+        progress_file.write_text(json.dumps({"lr": lr, "search": search, "step": step,
+                                             "elapsed_s": prior_s + time.perf_counter() - started}))
+
+    checkpoint = Checkpoint(checkpoint_path(out_dir), fingerprint, on_save=note_progress)
     model = make_model(base_dir, config)
     if on_start:
         on_start(checkpoint.load()["step"] if checkpoint.exists() else 0)
     result, best_state = train_loop(model, train, val, encoder, contract, config, lr, config.max_steps,
                                     on_step=on_step, on_eval=on_eval, checkpoint=checkpoint)
     result.search = search
-    elapsed = resumed.get("elapsed_s", 0.0) + time.perf_counter() - started  # over every resumed part
-    if result.interrupted:
-        progress_file.write_text(json.dumps({"lr": lr, "search": search, "elapsed_s": elapsed}))
+    if result.interrupted:  # the checkpoint just saved noted the elapsed time
         return Path(out_dir), result
     if best_state is not None:
         load_trainable_state(model, best_state)
     calibration = fit_calibrations(validation_probabilities(model, encoder, contract, val, config))
     write_mc_artifact(model, dataset, base_dir, out_dir, config, contract, result, name, lineage,
-                      wall_time_s=resumed.get("elapsed_s", 0.0) + time.perf_counter() - started, calibration=calibration)
+                      wall_time_s=prior_s + time.perf_counter() - started, calibration=calibration)
     checkpoint.remove()
     progress_file.unlink(missing_ok=True)
     return Path(out_dir), result

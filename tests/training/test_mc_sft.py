@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from lang1ops.artifact import ArtifactManifest
 from lang1ops.base_model import load_causal_lm, load_tokenizer
 from lang1ops.prompts import PromptEncoder
 from lang1ops.scorer import LoadedModel, MultitaskScorer, load_model
@@ -189,11 +191,16 @@ def test_an_interrupted_run_resumes_without_losing_a_step(method, small_dataset,
     _, stopped = train_mc(dataset, tiny_llama_dir, parts, config, on_step=ctrl_c_during_step_3)
     assert stopped.interrupted and stopped.steps == 3
     assert checkpoint_path(parts).exists() and not (parts / "artifact.json").exists()
+    noted = json.loads(checkpoint_path(parts).with_suffix(".json").read_text())  # written with every checkpoint
+    assert noted["step"] == 3 and noted["elapsed_s"] > 0
     starts: list[int] = []
+    evals: list[int] = []
     _, result = train_mc(dataset, tiny_llama_dir, parts, config, on_step=lambda step, loss: seen.append(step),
-                         on_start=starts.append)
+                         on_start=starts.append, on_eval=lambda point: evals.append(point.step))
     assert starts == [3] and seen == [1, 2, 3, 4, 5, 6]  # no step lost, none repeated
+    assert evals == [2, 4, 6]  # the progress bar shows step 2's validation AUROC from the start of the resumed part
     assert not checkpoint_path(parts).exists() and (parts / "artifact.json").exists()
+    assert ArtifactManifest.load(parts).wall_time_s >= round(noted["elapsed_s"], 1)  # both parts counted
     assert [(p.step, p.val_auroc) for p in result.history] == [(p.step, p.val_auroc) for p in whole_result.history]
     notes = dataset.notes["text"].head(3).tolist()
     a, _ = MultitaskScorer(load_model(whole, dtype="float32")).score(notes)
