@@ -100,6 +100,8 @@ Trainer = Callable[..., Path]  # (dataset, out_dir, lineage) -> artifact directo
 
 def default_trainer(settings: DriftLoopSettings, base_dir: Path, max_note_tokens: int, name: str,
                     cache=None) -> Trainer:
+    from lang1ops.progress import progress_bar
+
     kind = settings.trainer if settings.trainer != "auto" else ("mc-sft" if settings.device.startswith("cuda") else "heads")
 
     def heads(dataset, out_dir: Path, lineage: dict) -> Path:
@@ -107,14 +109,20 @@ def default_trainer(settings: DriftLoopSettings, base_dir: Path, max_note_tokens
 
         config = HeadsConfig(layers=tuple(settings.heads_layers), max_note_tokens=max_note_tokens, ngrams=settings.heads_ngrams,
                              max_notes={"train": settings.max_train_notes, "val": max(50, settings.max_train_notes // 4)})
-        return train_heads(dataset, base_dir, out_dir, config, name=name, cache=cache, lineage=lineage)
+        with progress_bar() as progress:  # encoding thousands of uncached notes takes minutes
+            bar = progress.add_task("heads candidate: encoding notes", total=None)
+            return train_heads(dataset, base_dir, out_dir, config, name=name, cache=cache, lineage=lineage,
+                               on_batch=lambda n: progress.advance(bar, n), on_total=lambda n: progress.update(bar, total=n))
 
     def mc_sft(dataset, out_dir: Path, lineage: dict) -> Path:
         from training.mc_sft import SftConfig, train_mc
 
         config = SftConfig(method="lora", lr=2e-4, max_note_tokens=max_note_tokens, device=settings.device,
                            max_examples={"train": settings.max_train_notes, "val": max(50, settings.max_train_notes // 4)})
-        path, _ = train_mc(dataset, base_dir, out_dir, config, name=name, lineage=lineage)
+        with progress_bar() as progress:
+            bar = progress.add_task("mc-sft candidate: training steps", total=config.max_steps)
+            path, _ = train_mc(dataset, base_dir, out_dir, config, name=name, lineage=lineage,
+                               on_step=lambda step, loss: progress.update(bar, completed=step))
         return path
 
     trainer = heads if kind == "heads" else mc_sft

@@ -118,6 +118,7 @@ def _aware(day: date) -> datetime:
 def run_scenario(config: ScenarioConfig, settings: DriftLoopSettings, say=print) -> ScenarioResult:
     from fastapi.testclient import TestClient
 
+    from lang1ops.progress import track
     from lang1ops.registry import Registry
     from lang1ops.settings.serving import ApiSettings
     from lang1ops.synthetic import HospitalSpec, generate_hospital
@@ -196,7 +197,7 @@ def run_scenario(config: ScenarioConfig, settings: DriftLoopSettings, say=print)
 
     def score_through_service(client: TestClient, frame: pd.DataFrame) -> list[str]:
         versions = []
-        for note_id in frame["note_id"]:
+        for note_id in track(frame["note_id"].tolist(), "scoring notes through the service"):
             r = client.post("/fhir/DocumentReference/$score", content=json.dumps(documents[note_id]),
                             headers={"Authorization": f"Bearer {SCENARIO_KEY}", "Content-Type": "application/fhir+json"})
             if r.status_code != 200:
