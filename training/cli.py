@@ -143,10 +143,20 @@ def print_training_summary(path: Path) -> None:
         stdout.print(f"pooled layer {hyper['layer']} (validation AUROC by layer: "
                      + ", ".join(f"{k}: {v:.3f}" for k, v in hyper["layer_val_auroc"].items()) + ")")
     elif hyper.get("best"):
-        for task, value in hyper["best"]["per_task"].items():
-            table.add_row(task, f"{value:.3f}", f"step {hyper['best']['step']}")
+        best = hyper["best"]
+        table.columns[1].header = "validation micro-AUROC (early stopping)"
+        table.add_column("one-vs-rest AUROC", justify="right")
+        table.add_column("labels per class", justify="right")
+        for task, value in best["per_task"].items():
+            ovr, events = best.get("per_task_ovr", {}).get(task), best.get("events", {}).get(task)
+            table.add_row(task, f"{value:.3f}", f"step {best['step']}", "" if ovr is None else f"{ovr:.3f}",
+                          "" if events is None else "/".join(map(str, events)))
         stdout.print(table)
         stdout.print(f"lr {hyper['lr']:.2e}, {hyper['steps']} steps" + (", stopped early" if hyper["stopped_early"] else ""))
+        thin = [task for task, events in best.get("events", {}).items() if min(events) < 10]
+        if thin:
+            stdout.print(f"[yellow]Validation has under 10 notes of some class for {', '.join(thin)}[/]: its AUROC "
+                         "steers early stopping by noise; give --max-val-notes more (or none) for a real run.")
 
 
 def evaluate(

@@ -32,7 +32,7 @@ import torch
 
 from lang1ops.artifact import ArtifactManifest, Method, ModelKind, weights_sha256
 from lang1ops.base_model import load_causal_lm, load_tokenizer
-from lang1ops.metrics import micro_auroc
+from lang1ops.metrics import auroc, micro_auroc
 from lang1ops.prompts import PromptEncoder
 from lang1ops.scorer import LoadedModel, MultitaskScorer, choose_dtype
 from lang1ops.tasks import TaskContract
@@ -88,9 +88,15 @@ class SftConfig:
 @dataclass
 class EvalPoint:
     step: int
-    val_auroc: float
+    val_auroc: float  # mean over tasks of per_task: the paper's early-stopping signal
     val_loss: float
-    per_task: dict[str, float]
+    per_task: dict[str, float]  # micro-AUROC (binary tasks: AUROC)
+    # the evaluation's one-vs-rest macro AUROC and the labels' class counts, beside the paper's
+    # signal: micro-averaging pools a multi-class task's classes, so a model that has learned only
+    # the class priors already scores high on LOS and CCI (a run at 0.916 on CCI was at chance
+    # one-vs-rest, docs/training.md), and a validation sample with two deaths steers nothing
+    per_task_ovr: dict[str, float] = field(default_factory=dict)
+    events: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,12 +154,15 @@ def validation_probabilities(model: torch.nn.Module, encoder: PromptEncoder, con
 def evaluate_examples(model: torch.nn.Module, encoder: PromptEncoder, contract: TaskContract,
                       val: dict[str, pd.DataFrame], config: SftConfig) -> EvalPoint:
     """Validation micro-AUROC (mean over tasks) and option loss, scored like serving scores."""
-    per_task, losses = {}, []
+    per_task, per_task_ovr, events, losses = {}, {}, {}, []
     for task, (probs, labels) in validation_probabilities(model, encoder, contract, val, config).items():
         per_task[task] = micro_auroc(labels, probs)
+        per_task_ovr[task] = auroc(labels, probs)
+        events[task] = np.bincount(labels, minlength=probs.shape[1]).tolist()
         losses.append(float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()))
     finite = [v for v in per_task.values() if math.isfinite(v)]
-    return EvalPoint(0, float(np.mean(finite)) if finite else float("nan"), float(np.mean(losses)), per_task)
+    return EvalPoint(0, float(np.mean(finite)) if finite else float("nan"), float(np.mean(losses)), per_task,
+                     per_task_ovr, events)
 
 
 def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dict[str, pd.DataFrame],

@@ -202,6 +202,9 @@ def test_an_interrupted_run_resumes_without_losing_a_step(method, small_dataset,
     assert not checkpoint_path(parts).exists() and (parts / "artifact.json").exists()
     assert ArtifactManifest.load(parts).wall_time_s >= round(noted["elapsed_s"], 1)  # both parts counted
     assert [(p.step, p.val_auroc) for p in result.history] == [(p.step, p.val_auroc) for p in whole_result.history]
+    last = result.history[-1]  # beside the paper's micro-AUROC: the evaluation's one-vs-rest AUROC and the class counts
+    assert set(last.per_task_ovr) == set(last.events) == {"mortality", "los"}
+    assert len(last.events["los"]) == 4 and sum(last.events["mortality"]) == sum(last.events["los"])
     notes = dataset.notes["text"].head(3).tolist()
     a, _ = MultitaskScorer(load_model(whole, dtype="float32")).score(notes)
     b, _ = MultitaskScorer(load_model(parts, dtype="float32")).score(notes)
