@@ -171,7 +171,8 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
                on_step: Callable[[int, float], None] | None = None,
                on_eval: Callable[[EvalPoint], None] | None = None,
                on_report: Callable[[int, EvalPoint | None], None] | None = None,
-               schedule_steps: int | None = None, checkpoint: Checkpoint | None = None) -> tuple[TrainResult, dict | None]:
+               schedule_steps: int | None = None, checkpoint: Checkpoint | None = None,
+               on_start: Callable[[int], None] | None = None) -> tuple[TrainResult, dict | None]:
     """Train; returns the result and the best weights (trainable parameters only).
 
     `schedule_steps` is the cosine schedule's length when it differs from the steps run (a
@@ -205,6 +206,8 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
         seen = saved.get("examples_seen", 0)
         if history and on_eval:  # a resumed run's progress shows its last validation AUROC, not nothing
             on_eval(history[-1])
+    if on_start:  # where the run starts, from the checkpoint already loaded (not a second 2 GB read)
+        on_start(first - 1)
 
     def save(step: int) -> None:
         if checkpoint is not None and is_main:
@@ -423,10 +426,8 @@ def train_mc(dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig,
 
     checkpoint = Checkpoint(checkpoint_path(out_dir), fingerprint, on_save=note_progress)
     model = make_model(base_dir, config)
-    if on_start:
-        on_start(checkpoint.load()["step"] if checkpoint.exists() else 0)
     result, best_state = train_loop(model, train, val, encoder, contract, config, lr, config.max_steps,
-                                    on_step=on_step, on_eval=on_eval, checkpoint=checkpoint)
+                                    on_step=on_step, on_eval=on_eval, checkpoint=checkpoint, on_start=on_start)
     result.search = search
     if result.interrupted:  # the checkpoint just saved noted the elapsed time
         return Path(out_dir), result
