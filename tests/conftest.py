@@ -17,12 +17,28 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# One pytest process starts and stops several local Ray clusters, which no service process does.
+# A GCS client of Ray's that outlives its cluster in this process (Ray keeps some in module state)
+# ends the whole process with status 1, mid-line and without a summary, once it has failed to
+# reach the stopped GCS for this many seconds (default 60): CI lost two runs that way, each in a
+# module after a Ray one. Read by Ray's C++ config when `ray` is first imported.
+RAY_TEST_ENV = {"RAY_gcs_rpc_server_reconnect_timeout_s": str(24 * 3600)}
+# Modules that start a Ray cluster (in this process or a child): run last, so that whatever Ray
+# leaves behind cannot take modules after them down with it.
+RAY_CLUSTER_MODULES = ("test_prometheus_scrape.py", "test_batch_score.py", "test_serve_app.py",
+                       "test_ray_exposure.py", "test_distributed.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # huggingface_hub reads HF_HUB_OFFLINE once, when first imported; this hook runs before
     # test modules are collected (and import transformers), which a fixture would be too late for.
     os.environ.update(OFFLINE_ENV)
+    for name, value in RAY_TEST_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name in RAY_CLUSTER_MODULES)  # stable: order kept within each group
 
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
