@@ -38,6 +38,7 @@ COMMAND = "python -m bench fast_path"
 POOLS = ("mean", "max", "last")
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 TFIDF_C_GRID = (0.3, 1.0, 3.0, 10.0)
+DENSE_WEIGHTS = (0.25, 0.5, 1.0)  # 0 too: the "TF-IDF, same training notes" row
 
 
 class _Stop(Exception):
@@ -98,7 +99,8 @@ def sample(dataset: Dataset, split: str, note_types: dict[str, int], seed: int) 
     return pd.concat(parts).sort_index()
 
 
-def _fit_lr(x_tr, y_tr, x_va, y_va, n_classes: int, grid: tuple[float, ...], seed: int = 0):
+def _fit_lr_scored(x_tr, y_tr, x_va, y_va, n_classes: int, grid: tuple[float, ...], seed: int = 0):
+    """(validation AUROC, model) of the C in `grid` with the best validation AUROC."""
     if len(np.unique(y_tr)) < 2:
         raise ValueError("a training sample with one class: raise the note caps")
     best = None
@@ -107,7 +109,11 @@ def _fit_lr(x_tr, y_tr, x_va, y_va, n_classes: int, grid: tuple[float, ...], see
         score = auroc(y_va, _proba(clf, x_va, n_classes))
         if best is None or (np.isfinite(score) and not score <= best[0]):
             best = (score, clf)
-    return best[1]
+    return best
+
+
+def _fit_lr(x_tr, y_tr, x_va, y_va, n_classes: int, grid: tuple[float, ...], seed: int = 0):
+    return _fit_lr_scored(x_tr, y_tr, x_va, y_va, n_classes, grid, seed)[1]
 
 
 def _proba(clf: LogisticRegression, x, n_classes: int) -> np.ndarray:
@@ -164,6 +170,8 @@ def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train
 
     candidates: dict[str, dict] = {}
     fit_seconds: dict[str, float] = {}
+    weighted: dict[int, dict[float, tuple]] = {}  # layer -> dense weight -> (val AUROC, test probs, fit s)
+    chosen_weights: dict[int, dict[str, float]] = {}
 
     def record(name: str, task: str, probs: np.ndarray, seconds: float) -> None:
         candidates.setdefault(name, {})[task] = probs
@@ -194,16 +202,31 @@ def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train
                 clf = _fit_lr(z["train"], y["train"], z["val"], y["val"], k, C_GRID, seed)
                 record(f"layer {layer} {pool} pool", task, _proba(clf, z[test_split], k), time.perf_counter() - clock)
                 if pool == "mean":
-                    # the hybrid: the same pooled state with the note's n-grams beside it, one model
-                    clock = time.perf_counter()
-                    hz = {s: sp.hstack([sp.csr_matrix(z[s] / np.sqrt(x.shape[1])), grams_of(s, task)]).tocsr()
-                          for s in notes}
-                    clf = _fit_lr(hz["train"], y["train"], hz["val"], y["val"], k, TFIDF_C_GRID, seed)
-                    record(f"layer {layer} mean pool + n-grams", task, _proba(clf, hz[test_split], k),
-                           time.perf_counter() - clock)
+                    # the hybrid: the same pooled state with the note's n-grams beside it, one model; the
+                    # pooled block scaled by each of DENSE_WEIGHTS (1: rows about unit length, like the TF-IDF
+                    # rows beside them). A smaller weight is a stronger penalty on the dense block alone.
+                    for weight in DENSE_WEIGHTS:
+                        clock = time.perf_counter()
+                        hz = {s: sp.hstack([sp.csr_matrix(z[s] * weight / np.sqrt(x.shape[1])),
+                                            grams_of(s, task)]).tocsr() for s in notes}
+                        score, clf = _fit_lr_scored(hz["train"], y["train"], hz["val"], y["val"], k, TFIDF_C_GRID, seed)
+                        probs, seconds = _proba(clf, hz[test_split], k), time.perf_counter() - clock
+                        weighted.setdefault(layer, {})[weight] = (score, probs, seconds)
+                        if weight == 1.0:
+                            record(f"layer {layer} mean pool + n-grams", task, probs, seconds)
         clock = time.perf_counter()
-        clf = _fit_lr(grams_of("train", task), y["train"], grams_of("val", task), y["val"], k, TFIDF_C_GRID, seed)
-        record("TF-IDF, same training notes", task, _proba(clf, grams_of(test_split, task), k), time.perf_counter() - clock)
+        score, clf = _fit_lr_scored(grams_of("train", task), y["train"], grams_of("val", task), y["val"], k,
+                                    TFIDF_C_GRID, seed)
+        probs = _proba(clf, grams_of(test_split, task), k)
+        record("TF-IDF, same training notes", task, probs, time.perf_counter() - clock)
+        for layer, by_weight in weighted.items():
+            # the dense block's weight chosen on validation, 0 (n-grams alone) among the choices
+            by_weight[0.0] = (score, probs, 0.0)
+            chosen = max(by_weight, key=lambda w: np.nan_to_num(by_weight[w][0], nan=-1.0))
+            chosen_weights.setdefault(layer, {})[task] = chosen
+            record(f"layer {layer} mean pool + n-grams, dense weight chosen on validation", task, by_weight[chosen][1],
+                   sum(fit[2] for fit in by_weight.values()))
+        weighted.clear()
         clock = time.perf_counter()
         full = TfidfVectorizer(ngram_range=(1, 2), min_df=3, max_features=50_000, sublinear_tf=True)
         x_full = full.fit_transform(full_train[task]["text"])
@@ -230,10 +253,12 @@ def run(dataset_dir: Path | None = None, layers: tuple[int, ...] = (4, 8), train
         events.append(f"{task} {counts[1] if len(counts) == 2 else '/'.join(map(str, counts))}")
     sizes = {s: {t: len(frames[(s, t)]) for t in tasks} for s in notes}
     best = max(means, key=means.get)
+    command = COMMAND if tuple(layers) == (4, 8) and section == "fast-path" else \
+        f'python -c "from bench.fast_path import run; run(layers={tuple(layers)}, section={section!r})"'
     hospital = Path(dataset.path).parent.name  # the hospital's work directory, e.g. var/lakeside
     body = f"""## Fast-path candidates (heads on the frozen base){'' if section == 'fast-path' else f': {hospital}'}
 
-Command: `{COMMAND}` on `{dataset.path}`; SmolLM2-135M-Instruct base, {max_note_tokens}-token notes.
+Command: `{command}` on `{dataset.path}`; SmolLM2-135M-Instruct base, {max_note_tokens}-token notes.
 Machine: {machine()}.
 
 Training notes per task (the same for every row except the last): {sizes['train']}
@@ -244,6 +269,8 @@ choose C for every row: {sizes['val']}. AUROC [95% CI, {n_resamples:,} resamples
 row's five models (C search included; the n-gram vocabulary, {tfidf_features_s:.0f} s, shared).
 
 {chr(10).join(lines)}
+
+Dense weights chosen on validation (0: n-grams alone): {'; '.join(f"layer {layer}: {weights}" for layer, weights in chosen_weights.items())}.
 
 Best mean AUROC: {best} ({means[best]:.3f}).
 """

@@ -49,6 +49,11 @@ class HeadsConfig:
     # pooled state: one logistic regression over both (lang1ops.ngrams; docs/training.md measures it).
     ngrams: bool = False
     ngram_c_grid: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
+    # With n-grams: the pooled block's weight beside them, chosen per task on validation with C
+    # (a smaller weight is a stronger penalty on the pooled block alone; 0 leaves the n-grams).
+    # One C for 576 dense and 50,000 sparse columns let the dense block cost more in variance
+    # than it added (docs/training.md, "dense weight").
+    dense_weights: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
 
 
 class EncodingCache:
@@ -177,28 +182,33 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
     ngrams = NgramFeatures.fit(notes["train"]["text"].tolist()) if config.ngrams else None
     grams = ngrams.transform(every["text"].tolist()) if ngrams else None
     hidden = next(iter(vectors.values())).shape[1]
+    dense_weights = tuple(config.dense_weights) if ngrams else (1.0,)
     per_layer = {}
     for layer, x_all in vectors.items():
         mean, scale = x_all[train_rows].mean(0), x_all[train_rows].std(0) + 1e-6
         if ngrams:
             scale = scale * np.sqrt(hidden)  # the pooled part's rows about unit length, like the TF-IDF rows beside it
         z = (x_all - mean) / scale
-        x = sp.hstack([sp.csr_matrix(z), grams]).tocsr() if ngrams else z
-        fits = {}
-        for t in tasks:
-            (tr, ytr), (va, yva) = rows[("train", t)], rows[("val", t)]
-            fits[t] = fit_head(x[tr], ytr, x[va], yva, contract.task(t).n_classes,
+        fits, weight_of, x_of = {}, {}, {}
+        for weight in dense_weights:
+            x = sp.hstack([sp.csr_matrix(z * weight), grams]).tocsr() if ngrams else z
+            for t in tasks:
+                (tr, ytr), (va, yva) = rows[("train", t)], rows[("val", t)]
+                fit = fit_head(x[tr], ytr, x[va], yva, contract.task(t).n_classes,
                                config.ngram_c_grid if ngrams else config.c_grid, config.seed)
+                if t not in fits or (np.isfinite(fit.val_auroc) and not fit.val_auroc <= fits[t].val_auroc):
+                    fits[t], weight_of[t], x_of[t] = fit, weight, x
         scores = [f.val_auroc for f in fits.values() if np.isfinite(f.val_auroc)]
-        per_layer[layer] = (float(np.mean(scores)) if scores else float("nan"), mean, scale, fits, x)
+        per_layer[layer] = (float(np.mean(scores)) if scores else float("nan"), mean, scale, fits, weight_of, x_of)
     layer = max(per_layer, key=lambda k: np.nan_to_num(per_layer[k][0], nan=-1.0))
-    _, mean, scale, fits, x = per_layer[layer]
-    calibration = fit_calibrations({t: (softmax(x[rows[("val", t)][0]] @ fit.weight.T + fit.bias), rows[("val", t)][1])
-                                    for t, fit in fits.items()})
+    _, mean, scale, fits, weight_of, x_of = per_layer[layer]
+    calibration = fit_calibrations({t: (softmax(x_of[t][rows[("val", t)][0]] @ fit.weight.T + fit.bias),
+                                        rows[("val", t)][1]) for t, fit in fits.items()})
 
     tensors = {"mean": torch.tensor(mean, dtype=torch.float32), "scale": torch.tensor(scale, dtype=torch.float32)}
     for t, fit in fits.items():
-        tensors[f"{t}.weight"] = torch.tensor(fit.weight[:, :hidden], dtype=torch.float32)
+        # the task's dense weight folded into its pooled-block coefficients: the scorer stays (x - mean) / scale
+        tensors[f"{t}.weight"] = torch.tensor(fit.weight[:, :hidden] * weight_of[t], dtype=torch.float32)
         tensors[f"{t}.bias"] = torch.tensor(fit.bias, dtype=torch.float32)
         if ngrams:
             tensors[f"{t}.ngram_weight"] = torch.tensor(fit.weight[:, hidden:], dtype=torch.float32)
@@ -210,7 +220,9 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
              "c_grid": list(config.ngram_c_grid if ngrams else config.c_grid),
              "ngrams": {"terms": ngrams.size, "fitted_on_notes": len(notes["train"])} if ngrams else None,
              "layer_val_auroc": {str(k): v[0] for k, v in per_layer.items()}, "seed": config.seed,
-             "heads": {t: {"C": f.c, "val_auroc": f.val_auroc, "n_train": f.n_train} for t, f in fits.items()}}
+             "dense_weights": list(dense_weights) if ngrams else None,
+             "heads": {t: {"C": f.c, "val_auroc": f.val_auroc, "n_train": f.n_train,
+                           **({"dense_weight": weight_of[t]} if ngrams else {})} for t, f in fits.items()}}
     try:
         start_artifact(out_dir, name=name, kind=ModelKind.HEADS, method=Method.LOGREG, base_dir=base_dir,
                        contract=task_contract, max_note_tokens=config.max_note_tokens, pooling=Pooling(layer=layer),

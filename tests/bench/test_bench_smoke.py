@@ -4,6 +4,9 @@ copy of the report, so the benchmark code never rots. The figures themselves com
 
 from __future__ import annotations
 
+import ast
+import re
+
 import pytest
 
 import bench.fast_path
@@ -11,6 +14,7 @@ import bench.faults
 import bench.generator
 import bench.gpu
 import bench.memory
+import bench.peers
 import bench.profile_scorer
 import bench.scoring
 import bench.service
@@ -26,6 +30,18 @@ def doc(tmp_path):
 def test_generator(doc):
     body = bench.generator.run(repeats=1, patients=60, doc=doc)
     assert "encounters per second" in body and "<!-- bench:generator -->" in doc.read_text()
+
+
+def test_peers_table_runs_without_any_peer_engine(tiny_llama_dir, doc, tmp_path):
+    """The tiny Llama has no GGUF: llama.cpp's row says why it is absent instead of failing, and
+    the project's fp32 scorer agrees with the naive way it is compared with."""
+    body = bench.peers.run(tiny_llama_dir, n_notes=3, n_naive=1, repeats=1, min_tokens=64, batch=2, doc=doc,
+                           cache_dir=tmp_path / "peers")
+    assert "(a) naive" in body and "(d) ONNX Runtime" in body
+    llama_row = next(line for line in body.splitlines() if line.startswith("| (c) llama.cpp"))
+    assert "not installed" in llama_row or "needs the base as GGUF" in llama_row
+    fp32_row = next(line for line in body.splitlines() if line.startswith("| (b) lang1-ops scorer") and "| fp32 |" in line)
+    assert float(fp32_row.split(" | ")[6]) < 1e-3
 
 
 def test_scoring_agrees_with_the_naive_way(tiny_llama_dir, doc):
@@ -48,7 +64,10 @@ def test_fast_path_table(tiny_llama_dir, small_dataset, doc, tmp_path):
 
     body = table()
     rows = [line for line in body.splitlines() if line.startswith("| layer") or line.startswith("| TF-IDF")]
-    assert len(rows) == 2 * 5 + 2 and "min," in body  # 2 layers x (4 poolings + n-grams), 2 TF-IDF rows; encoded
+    # 2 layers x (4 poolings, n-grams, n-grams with the dense weight chosen), 2 TF-IDF rows; encoded
+    assert len(rows) == 2 * 6 + 2 and "min," in body
+    chosen = re.search(r"layer 1: (\{.*?\})", body)
+    assert chosen and set(ast.literal_eval(chosen.group(1)).values()) <= {0.0, 0.25, 0.5, 1.0}
     assert "read from the cache" in table()  # a rerun refits only
 
 

@@ -107,3 +107,28 @@ def test_heads_with_ngrams_round_trip_and_every_reader_agrees(small_dataset, tin
     without.ngram_heads = {t: w * 0 for t, w in without.ngram_heads.items()}
     plain, _ = MultitaskScorer(without).score(notes["text"].tolist())
     assert any(not np.allclose(plain[i]["cci"], served[i]["cci"]) for i in range(6))
+
+
+def test_the_pooled_blocks_weight_is_chosen_per_task_and_folded_into_the_artifact(small_dataset, tiny_llama_dir,
+                                                                                  tmp_path):
+    """Beside the n-grams the pooled block's weight is searched with C on validation; weight 0
+    leaves the n-grams alone (the scorer's pooled coefficients all zero), and the weight chosen
+    is folded into the stored coefficients so the scorer needs nothing new."""
+    dataset = Dataset.load(small_dataset)
+    caps = {"train": 250, "val": 80}
+    searched = train_heads(dataset, tiny_llama_dir, tmp_path / "searched",
+                           HeadsConfig(layers=(1,), max_note_tokens=48, max_notes=caps, ngrams=True))
+    heads = ArtifactManifest.load(searched).hyperparameters["heads"]
+    assert all(h["dense_weight"] in (1.0, 0.5, 0.25, 0.0) for h in heads.values())
+    loaded = load_model(searched)
+    for task, head in heads.items():
+        assert (not loaded.heads[task][0].any()) == (head["dense_weight"] == 0.0)
+
+    grams_only = train_heads(dataset, tiny_llama_dir, tmp_path / "grams-only",
+                             HeadsConfig(layers=(1,), max_note_tokens=48, max_notes=caps, ngrams=True,
+                                         dense_weights=(0.0,)))
+    loaded = load_model(grams_only)
+    assert all(not w.any() for w, _ in loaded.heads.values()) and all(w.any() for w in loaded.ngram_heads.values())
+    full = train_heads(dataset, tiny_llama_dir, tmp_path / "full",
+                       HeadsConfig(layers=(1,), max_note_tokens=48, max_notes=caps, ngrams=True, dense_weights=(1.0,)))
+    assert all(w.any() for w, _ in load_model(full).heads.values())
