@@ -9,7 +9,7 @@ DEMO   ?= var/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test fuzz demo bench lint clean
+.PHONY: install test fuzz demo bench bench-peers lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The engines the scorer is compared with (bench/peers.py): bench-only, never needed by `make test`.
+# llama-cpp-python builds llama.cpp from source (native CPU flags); two jobs on a 2-core machine.
+bench-peers: install
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q --no-cache-dir llama-cpp-python==0.3.36
+	$(BIN)/python -m bench peers
 
 lint: install
 	$(BIN)/ruff check .

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-PARTS = ("generator", "training", "train_step", "fast_path", "scoring", "profile_scorer", "service", "memory", "gpu", "faults")
+PARTS = ("generator", "training", "train_step", "fast_path", "scoring", "peers", "profile_scorer", "service", "memory", "gpu",
+         "faults")
 
 
 def main(argv: list[str]) -> int:
