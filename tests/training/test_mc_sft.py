@@ -224,3 +224,21 @@ def test_a_time_limit_stops_with_a_checkpoint_and_a_mismatched_run_is_refused(sm
     other = SftConfig(**{**config.__dict__, "lr": 5e-4})
     with pytest.raises(ValueError, match="checkpoint of another training run"):
         train_mc(dataset, tiny_llama_dir, tmp_path / "run", other)
+
+
+def test_a_fixed_time_budget_finishes_with_the_best_weights_and_saves_no_checkpoint(small_dataset, tiny_llama_dir,
+                                                                                    tmp_path):
+    """`finish_at_time_limit`: the limit ends training like early stopping: the step it stops at
+    is evaluated, the artifact is written and loadable, and no 2 GB checkpoint is ever saved."""
+    from training.mc_sft import checkpoint_path, train_mc
+
+    dataset = Dataset.load(small_dataset)
+    config = SftConfig(method="full", lr=1e-3, max_steps=50, eval_every=25, batch_size=4, max_note_tokens=48,
+                       max_examples={"train": 12, "val": 10}, tasks=["mortality"], time_limit_s=0.0,
+                       finish_at_time_limit=True)
+    out, result = train_mc(dataset, tiny_llama_dir, tmp_path / "run", config)
+    assert not result.interrupted and result.steps == 1 and [p.step for p in result.history] == [1]
+    assert result.best is result.history[0] and not checkpoint_path(out).exists()
+    assert ArtifactManifest.load(out).hyperparameters["steps"] == 1
+    [probabilities], _ = MultitaskScorer(load_model(out)).score(dataset.notes["text"].head(1).tolist())
+    assert set(probabilities) == {"mortality"}
