@@ -138,7 +138,8 @@ def print_training_summary(path: Path) -> None:
     table.add_column("chosen", justify="right")
     if "heads" in hyper:
         for task, info in hyper["heads"].items():
-            table.add_row(task, f"{info['val_auroc']:.3f}", f"C={info['C']}, n={info['n_train']}")
+            weight = f", pooled weight {info['dense_weight']}" if "dense_weight" in info else ""  # beside n-grams
+            table.add_row(task, f"{info['val_auroc']:.3f}", f"C={info['C']}{weight}, n={info['n_train']}")
         stdout.print(table)
         stdout.print(f"pooled layer {hyper['layer']} (validation AUROC by layer: "
                      + ", ".join(f"{k}: {v:.3f}" for k, v in hyper["layer_val_auroc"].items()) + ")")
