@@ -127,6 +127,11 @@ def train(
         _register(path, "train")
 
 
+def _auroc_text(value: float | None) -> str:
+    """An AUROC for a table; none (one class in the sample, stored as null) says so."""
+    return "n/a (one class)" if value is None or value != value else f"{value:.3f}"
+
+
 def print_training_summary(path: Path) -> None:
     from lang1ops.artifact import ArtifactManifest
 
@@ -150,7 +155,7 @@ def print_training_summary(path: Path) -> None:
         table.add_column("labels per class", justify="right")
         for task, value in best["per_task"].items():
             ovr, events = best.get("per_task_ovr", {}).get(task), best.get("events", {}).get(task)
-            table.add_row(task, f"{value:.3f}", f"step {best['step']}", "" if ovr is None else f"{ovr:.3f}",
+            table.add_row(task, _auroc_text(value), f"step {best['step']}", "" if ovr is None else _auroc_text(ovr),
                           "" if events is None else "/".join(map(str, events)))
         stdout.print(table)
         stdout.print(f"lr {hyper['lr']:.2e}, {hyper['steps']} steps" + (", stopped early" if hyper["stopped_early"] else ""))

@@ -48,3 +48,22 @@ def test_bad_references_and_tasks_are_clear_errors(settings_env, small_dataset):
     result = runner.invoke(app, ["train", "--dataset", str(small_dataset), "--out", str(settings_env / "x"),
                                  "--tasks", "sepsis"])
     assert result.exit_code == 2 and "unknown task" in result.output
+
+
+def test_training_summaries_show_what_was_chosen_and_warn_on_thin_validation(settings_env, small_dataset):
+    """mc-sft on a validation sample with under 10 notes of a class says its early stopping was
+    steered by noise (and a task whose sample holds one class has no AUROC: it printed a crash
+    before); heads with n-grams show each task's pooled-block weight beside C."""
+    result = runner.invoke(app, ["train", "--dataset", str(small_dataset), "--out", str(settings_env / "mc"),
+                                 "--kind", "mc-sft", "--tasks", "mortality", "--lr", "1e-3", "--max-steps", "2",
+                                 "--eval-every", "2", "--batch-size", "4", "--max-train-notes", "12",
+                                 "--max-val-notes", "12"])
+    assert result.exit_code == 0, result.output
+    # 12 validation notes without a death: no AUROC (said, not a crash), the class counts, the warning
+    assert "n/a (one class)" in result.output and "12/0" in result.output
+    assert "Validation has under 10 notes of some class for mortality" in result.output
+
+    result = runner.invoke(app, ["train", "--dataset", str(small_dataset), "--out", str(settings_env / "hybrid"),
+                                 "--layers", "1", "--ngrams", "--max-train-notes", "200", "--max-val-notes", "80"])
+    assert result.exit_code == 0, result.output
+    assert "pooled weight" in result.output and "Validation has under" not in result.output
