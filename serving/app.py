@@ -2,7 +2,7 @@
 
 ```
 HTTP ──> Ingress (FastAPI: FHIR + JSON API, auth, store, audit)
-            └── handle ──> Scorer replicas (@serve.batch; one model version per batch)
+            └── handle ──> Scorer replicas (DynamicBatcher; one model version per batch)
 ```
 The scorer's `user_config` names the model version; changing it (`serve.run` with the new
 config, done by `watch_registry` when the registry's champion changes) calls `reconfigure`
@@ -29,6 +29,7 @@ from ray import serve
 from lang1ops.settings import Settings
 from serving import instruments as prom
 from serving.backends import ActiveModel, RayBackend, info_of, resolve_model, score_batch
+from serving.batching import DynamicBatcher
 
 log = logging.getLogger("lang1ops.serve")
 
@@ -48,8 +49,7 @@ class Scorer:
         self.loaded_ref: str | None = None
         self.deployment = serve.get_replica_context().deployment  # "scorer" or "shadow": a metrics label
         self.served: tuple[str, str, str] | None = None  # (name, version, kind) as last reported to metrics
-        self.score.set_max_batch_size(s.max_batch_size)
-        self.score.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.batcher = DynamicBatcher(self._score_batch, s.max_batch_size, s.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict) -> None:
         ref = user_config.get("model_ref") or self.settings.serving.model_ref
@@ -73,8 +73,11 @@ class Scorer:
         self.served = (info["name"], info["version"], info["kind"])
         log.info("scorer replica now serves %s %s", self.settings.model_name, resolved.version)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def score(self, texts: list[str], tasks: list[list[str]], known_versions: list[list[str]]) -> list[dict]:
+    async def score(self, text: str, tasks: list[str], known_versions: list[str]) -> dict:
+        return await self.batcher.submit((text, tasks, known_versions))
+
+    async def _score_batch(self, requests: list[tuple[str, list[str], list[str]]]) -> list[dict]:
+        texts, tasks, known_versions = (list(column) for column in zip(*requests, strict=True))
         model, scorer = self.active.snapshot()  # one version for the whole batch
         started = time.perf_counter()
         try:

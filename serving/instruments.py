@@ -52,7 +52,7 @@ REQUEST_LATENCY = Histogram("lang1ops_request_duration_seconds", "Time from requ
 # -- the scorer replicas ----------------------------------------------------------------------
 
 # `deployment` is scorer (the champion) or shadow (the challenger, answers never returned)
-BATCH_SIZE = Histogram("lang1ops_scorer_batch_size", "Notes per scorer batch (@serve.batch).", ["deployment"],
+BATCH_SIZE = Histogram("lang1ops_scorer_batch_size", "Notes per scorer batch.", ["deployment"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 BATCH_LATENCY = Histogram("lang1ops_scorer_batch_duration_seconds", "Model time per scorer batch.", ["deployment"],
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))

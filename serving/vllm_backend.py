@@ -8,7 +8,7 @@ last, so vLLM's automatic prefix caching computes the note's keys and values onc
 shares them across the note's tasks. Generation is one token, restricted to the option
 letters (`allowed_token_ids`), and the engine reports log-probabilities after that
 restriction (`logprobs_mode="processed_logprobs"`), so the letters' log-probabilities are
-exactly the softmax over the option logits the paper uses. `@serve.batch` adds nothing in
+exactly the softmax over the option logits the paper uses. The replica's batcher adds nothing in
 front of vLLM (it batches continuously): the Serve replica passes requests straight through.
 
 Not yet run on a GPU from this repository (no accelerator was lent to the session that wrote

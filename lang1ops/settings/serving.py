@@ -66,7 +66,7 @@ class ServingSettings(BaseModel):
     autoscaling: Autoscaling | None = Field(None, description="Autoscale scorer replicas instead of a fixed count.")
     replica_cpus: float = Field(1.0, description="CPUs Ray reserves per scorer replica.")
     torch_threads: int | None = Field(None, description="Torch threads per scorer replica (default: replica_cpus).")
-    max_batch_size: int = Field(8, description="@serve.batch size.")
+    max_batch_size: int = Field(8, description="Most notes per scorer batch (serving.batching.DynamicBatcher).")
     batch_wait_timeout_s: float = 0.01
     max_ongoing_requests: int = Field(32, description="Per scorer replica; at least max_batch_size.")
     shadow: bool = Field(False, description="Also score with the challenger; store, never return, its results.")
