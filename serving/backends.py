@@ -162,9 +162,10 @@ class RayBackend:
     """Calls the scorer deployment. Contracts are cached by version: a replica adds its
     contract to a reply when the caller has not seen that version yet."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    def __init__(self, handle, info_ttl_s: float = 1.0):
+        self.handle, self.info_ttl_s = handle, info_ttl_s
         self._contracts: dict[str, TaskContract] = {}
+        self._info: tuple[float, ModelInfo] | None = None  # (when asked, answer)
 
     def _remember(self, version: str, contract: dict | None) -> None:
         if contract is not None and version not in self._contracts:
@@ -173,12 +174,25 @@ class RayBackend:
     async def score(self, text: str, tasks: list[str]) -> ScoreReply:
         reply = await self.handle.score.remote(text, tasks, list(self._contracts))
         self._remember(reply["model_version"], reply.pop("contract", None))
+        cached = self._info
+        if cached is not None and cached[1].version != reply["model_version"]:
+            self._info = None  # another version answered: the next model_info asks again
         return ScoreReply(**reply)
 
     async def model_info(self) -> ModelInfo:
+        """What the scorer serves. Every note needs it (to choose its tasks) and each ask is a call
+        into a busy scorer replica, so it is asked at most once per `info_ttl_s` and again as soon
+        as a reply names another version; the answer itself always carries the contract of the
+        version that made it (`contract_for`)."""
+        cached = self._info
+        if cached is not None and time.monotonic() - cached[0] < self.info_ttl_s:
+            return cached[1]
+        asked = time.monotonic()
         info = await self.handle.model_info.remote()
         self._remember(info["version"], info["contract"])
-        return ModelInfo(info["name"], info["version"], info["kind"], self._contracts[info["version"]])
+        answer = ModelInfo(info["name"], info["version"], info["kind"], self._contracts[info["version"]])
+        self._info = (asked, answer)
+        return answer
 
     async def contract_for(self, version: str) -> TaskContract:
         return self._contracts[version]
