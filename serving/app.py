@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -43,8 +44,14 @@ class Scorer:
         s = self.settings.serving
         import torch
 
-        # torch uses as many threads as the replica has CPUs, not the machine's
-        torch.set_num_threads(s.torch_threads or max(1, int(s.replica_cpus)))
+        # torch uses as many threads as the replica has CPUs, not the machine's. The setting is
+        # per calling thread for OpenMP and oneDNN (a new thread starts with one per core), so the
+        # model runs on one thread of its own that is set once: without it two 1-thread replicas
+        # ran their matrix multiplies on 2 threads each, 4 threads on 2 cores.
+        threads = s.torch_threads or max(1, int(s.replica_cpus))
+        torch.set_num_threads(threads)
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="scorer-model", initializer=torch.set_num_threads,
+                                               initargs=(threads,))
         self.active = ActiveModel()
         self.loaded_ref: str | None = None
         self.deployment = serve.get_replica_context().deployment  # "scorer" or "shadow": a metrics label
@@ -81,7 +88,8 @@ class Scorer:
         model, scorer = self.active.snapshot()  # one version for the whole batch
         started = time.perf_counter()
         try:
-            replies = await asyncio.to_thread(score_batch, model, scorer, texts, tasks)
+            replies = await asyncio.get_running_loop().run_in_executor(self.model_thread, score_batch, model, scorer,
+                                                                       texts, tasks)
         except Exception as exc:
             prom.observe_scorer_error(self.deployment, exc)
             raise
