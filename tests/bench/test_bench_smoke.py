@@ -77,9 +77,11 @@ def test_memory(tiny_llama_dir, doc):
 
 
 def test_service(tiny_llama_dir, doc):
-    body = bench.service.run(tiny_llama_dir, n_notes=4, clients=2, latency_requests=2, batch=2, repeats=1, min_tokens=64,
-                             doc=doc)
-    assert "service / in-process" in body and "p99" in body
+    body = bench.service.run(tiny_llama_dir, n_notes=4, latency_requests=2, batch=2, repeats=1, min_tokens=64, doc=doc)
+    assert "Service / in-process" in body and "p99" in body
+    for layout in ("1 x 2 torch threads", "2 x 1 torch thread"):
+        assert f"in process, {layout}" in body and f"service, {layout}" in body
+    assert "| scorer replica |" in body  # the CPU table found the replicas' processes
 
 
 def test_gpu_part_leaves_the_report_alone_without_cuda(doc):
