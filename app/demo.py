@@ -64,11 +64,12 @@ def demo_command(
     stdout.rule(f"4. Two fast candidates on the whole training split; the promotion gate picks the champion on {DEMO_GATE_SPLIT}")
     champion = demo_champion(dataset, workdir)
 
-    stdout.rule("5. Model card on the latest temporal test (2024) beside the TF-IDF baseline")
+    stdout.rule("5. Model card on the latest temporal test (2024): the champion beside the other candidate and TF-IDF")
     stdout.print("(zero-shot rows cost ~1.2 s per note on 2 cores: `lang1ops evaluate --baselines tfidf,zero-shot` adds them)")
     # 2,000 notes: enough deaths and CCI > 7 cases to resolve every task (600 left mortality with 7 deaths)
     training_cli.evaluate(model=champion, dataset=dataset, splits="temporal_2024", baselines="tfidf", max_notes=2000,
-                          out=workdir / "reports" / champion, resamples=1000)
+                          out=workdir / "reports" / champion, resamples=1000,
+                          candidates=",".join(demo_candidates(dataset, champion)))
 
     stdout.rule("6. The scoring service: Ray Serve on 127.0.0.1, the champion, FHIR in and out")
     key = demo_serve(fhir, workdir)
@@ -175,6 +176,19 @@ def demo_views(fhir: Path, key: str, days: int = 10) -> None:
 
 
 DEMO_GATE_SPLIT = "temporal_2023"  # the newest labeled period before the headline test (2024)
+
+
+def demo_candidates(dataset: Path, champion: str) -> list[str]:
+    """The registry's other versions trained by the demo on this dataset (the gate's losers)."""
+    import hashlib
+
+    from lang1ops.registry import Registry
+
+    settings = get_settings()
+    data_sha = hashlib.sha256((dataset / "dataset.json").read_bytes()).hexdigest()
+    return [v.version for v in Registry(settings.registry_dir).versions(settings.model_name)
+            if v.version != champion and v.manifest.get("lineage", {}).get("dataset_sha256") == data_sha
+            and v.manifest.get("lineage", {}).get("trigger") == "demo"]
 
 
 def demo_champion(dataset: Path, workdir: Path) -> str:

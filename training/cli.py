@@ -173,21 +173,22 @@ def evaluate(
     max_notes: Annotated[int | None, typer.Option(help="Cap on notes per split (random, seeded).")] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory (default: the artifact's own).")] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    candidates: Annotated[str, typer.Option(help="Comma-separated other models (registry references or artifact "
+                                                 "directories) scored on the same notes, a column each.")] = "",
 ) -> None:
     """AUROC with 95% bootstrap CI, ECE, subgroups, plots and a model card, beside the baselines."""
+    from lang1ops.artifact import ArtifactManifest
     from training.dataset import Dataset
     from training.report import evaluate_model
 
     settings = get_settings()
-    path = Path(model)
-    if not (path / "artifact.json").exists():
-        from lang1ops.registry import Registry
-
-        try:
-            path = Registry(settings.registry_dir).get(settings.model_name, model).path
-        except KeyError as error:
-            raise fail(str(error).strip("'\"")) from None
+    path = _artifact_of(model)
+    if not Path(model, "artifact.json").exists():
         out = out or Path(settings.home) / "reports" / f"{settings.model_name}-{path.name}"
+    others = {}
+    for ref in (r.strip() for r in candidates.split(",") if r.strip()):
+        other = _artifact_of(ref)
+        others[f"{ref} ({ArtifactManifest.load(other).kind.value}, candidate)"] = other
     data = Dataset.load(dataset)
     wanted = [s.strip() for s in splits.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in data.splits]
@@ -198,10 +199,24 @@ def evaluate(
         bar = progress.add_task("Scoring notes", total=None)
         evaluate_model(path, data, wanted, out_dir=out, baselines=chosen, max_notes=max_notes, n_resamples=resamples,
                        base_fallback=settings.model.base_model_dir, on_total=lambda n: progress.update(bar, total=n),
-                       on_batch=lambda n: progress.advance(bar, n))
+                       on_batch=lambda n: progress.advance(bar, n), candidates=others)
     report_dir = out or path
     stdout.print((report_dir / "model_card.md").read_text())
     stdout.print(f"Report: {report_dir / 'model_card.md'}, {report_dir / 'metrics.json'}, plots in {report_dir / 'plots'}")
+
+
+def _artifact_of(reference: str) -> Path:
+    """An artifact directory as given, or the registry's version for a reference (champion, v0003)."""
+    path = Path(reference)
+    if (path / "artifact.json").exists():
+        return path
+    from lang1ops.registry import Registry
+
+    settings = get_settings()
+    try:
+        return Registry(settings.registry_dir).get(settings.model_name, reference).path
+    except KeyError as error:
+        raise fail(str(error).strip("'\"")) from None
 
 
 def _register(path: Path, reason: str) -> None:

@@ -90,13 +90,16 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
                    baselines: tuple[str, ...] = ("tfidf", "zero-shot"), max_notes: int | None = None,
                    n_resamples: int = 1000, seed: int = 0, base_fallback: Path | None = None,
                    on_total: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
-                   model: LoadedModel | None = None) -> dict:
+                   model: LoadedModel | None = None, candidates: dict[str, Path] | None = None) -> dict:
+    """`candidates`: the other models in the running (column name -> artifact directory), scored
+    on the same notes with their own stored calibration, so the card shows every candidate."""
     started = time.perf_counter()
     artifact_dir = Path(artifact_dir)
     out_dir = Path(out_dir or artifact_dir)
     manifest = ArtifactManifest.load(artifact_dir)
     model = model or load_model(artifact_dir, base_fallback)
     tasks = model.contract.names
+    others = {name: load_model(Path(path), base_fallback) for name, path in (candidates or {}).items()}
     zero_shot = None
     if "zero-shot" in baselines:
         tmp = Path(tempfile.mkdtemp(prefix="zero-shot-"))
@@ -104,7 +107,7 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
                                                   manifest.max_note_tokens))
     notes = {s: split_notes(dataset, s, tasks, max_notes, seed) for s in splits}
     if on_total:
-        on_total(sum(len(n) for n in notes.values()) * (2 if zero_shot else 1))
+        on_total(sum(len(n) for n in notes.values()) * (1 + len(others) + (1 if zero_shot else 0)))
     rows, evaluations, fitted = [], [], {}
     plotted: dict[str, dict] = {}
     ours_name = f"{manifest.kind.value} ({THIS})"
@@ -133,13 +136,20 @@ def evaluate_model(artifact_dir: Path, dataset: Dataset, splits: list[str], out_
         if "tfidf" in baselines:
             with timed("TF-IDF baseline"):  # includes fitting on the train split (once)
                 by_model["TF-IDF baseline"] = tfidf_predictions(dataset, tasks, split, ours.frames, fitted)
+        for name, other in others.items():
+            with timed(name):
+                scored = predict(other, dataset, split, notes[split], on_batch)
+            for task in set(scored.probs) & set(tasks):  # the same notes in the same order, or the rows would lie
+                if not scored.frames[task]["note_id"].equals(ours.frames[task]["note_id"]):
+                    raise RuntimeError(f"{name} was scored on other {task} notes than {ours_name}")
+            by_model[name] = {t: p for t, p in scored.probs.items() if t in tasks}
         if zero_shot is not None:
             with timed("zero-shot"):
                 by_model["zero-shot"] = predict(zero_shot, dataset, split, notes[split], on_batch).probs
         for name, probs in by_model.items():
             for task in tasks:
                 frame = ours.frames[task]
-                if not len(frame):
+                if not len(frame) or task not in probs:
                     continue
                 groups = frame[[c for c in SUBGROUP_COLUMNS if c in frame]]
                 ev = evaluate_task(model.contract.task(task), split, frame["label"].to_numpy(), probs[task], groups,

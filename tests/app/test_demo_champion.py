@@ -33,3 +33,5 @@ def test_the_gate_judges_the_second_candidate_and_the_audit_says_why(demo_settin
     # run again on the same dataset: the chosen champion is kept, nothing retrained
     assert demo.demo_champion(small_dataset, tmp_path / "demo") == version
     assert len(list(registry.versions(demo_settings.model_name))) == 2
+    # the champion's card shows the other candidate beside it
+    assert demo.demo_candidates(small_dataset, version) == [v for v in ("v0001", "v0002") if v != version]

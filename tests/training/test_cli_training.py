@@ -34,6 +34,26 @@ def test_train_heads_register_evaluate_promote(settings_env, small_dataset):
     card = (report / "model_card.md").read_text()
     assert "TF-IDF baseline" in card and "zero-shot" in card and "readmission" in card
 
+    # a second candidate: its card shows the first beside it, scored on the same notes
+    result = runner.invoke(app, ["train", "--dataset", str(small_dataset), "--out", str(settings_env / "heads-1"),
+                                 "--layers", "1", "--max-train-notes", "300", "--max-val-notes", "80", "--register"])
+    assert result.exit_code == 0 and "registered lang1-ops v0002" in result.output, result.output
+    result = runner.invoke(app, ["evaluate", "--model", "v0002", "--dataset", str(small_dataset), "--splits",
+                                 "temporal_2024", "--max-notes", "60", "--resamples", "50", "--baselines", "tfidf",
+                                 "--candidates", "v0001"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((settings_env / "home" / "reports" / "lang1-ops-v0002" / "metrics.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"heads (this model)", "v0001 (heads, candidate)", "TF-IDF baseline"}
+    by_model = {m: {r["task"]: r for r in rows if r["model"] == m} for m in {r["model"] for r in rows}}
+    for task, row in by_model["heads (this model)"].items():  # the same notes: the same events
+        assert by_model["v0001 (heads, candidate)"][task]["class_counts"] == row["class_counts"]
+    first = {r["task"]: r["auroc"]["estimate"] for r in metrics["rows"]
+             if r["model"] == "heads (this model)" and r["split"] == "temporal_2024"}
+    assert {t: r["auroc"]["estimate"] for t, r in by_model["v0001 (heads, candidate)"].items()} == first
+    assert "v0001 (heads, candidate) AUROC" in (settings_env / "home" / "reports" / "lang1-ops-v0002" / "model_card.md").read_text()
+    result = runner.invoke(app, ["evaluate", "--model", "v0002", "--dataset", str(small_dataset), "--candidates", "v0042"])
+    assert result.exit_code == 2 and "has no version 'v0042'" in result.output
+
     result = runner.invoke(app, ["registry", "promote", "v0001", "--reason", "first model", "--actor", "tester"])
     assert result.exit_code == 0 and "champion: v0001" in result.output
     result = runner.invoke(app, ["registry", "list"])
