@@ -104,7 +104,7 @@ def batch_counts(exposition: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Layout:
-    """How the 2 cores are split among scorer replicas (or in-process scorers)."""
+    """How the cores are split among scorer replicas (or in-process scorers)."""
 
     copies: int
     threads: int
