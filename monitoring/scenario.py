@@ -23,6 +23,7 @@ registry's champion changes, as `serving.app.watch_registry` makes the Ray Serve
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -143,6 +144,13 @@ def run_scenario(config: ScenarioConfig, settings: DriftLoopSettings, say=print)
 
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    # a rerun starts again from the stale champion: the last run's registry (whose champion is
+    # the promoted candidate), store (whose idempotent replays would answer with the old run's
+    # versions) and monitoring runs go; the hospital, the dataset and the encodings are kept
+    for state in ("registry", "monitoring", "models"):
+        shutil.rmtree(work / state, ignore_errors=True)
+    for store_file in work.glob("store.sqlite*"):
+        store_file.unlink()
     settings = settings.model_copy(update={"runs_dir": work / "monitoring"})
     # 1. the hospital
     fhir = work / "fhir"

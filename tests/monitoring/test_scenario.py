@@ -92,3 +92,13 @@ def test_a_second_pass_within_the_cooldown_promotes_nothing(scenario, tmp_path):
     assert loop.run_once().outcome == "idle"  # a trigger counts once
     assert registry.get(config.model_name, "champion").version == result.new_champion
     assert sum(a["action"] == "promote" for a in registry.audit(config.model_name)) == 2
+
+
+def test_a_rerun_in_the_same_workdir_starts_again_from_the_stale_champion(scenario):
+    """make demo run twice: the second run found the first's promoted candidate as its champion and
+    the first's stored answers for its notes, and failed to find notes scored by that champion."""
+    result, config = scenario
+    again = run_scenario(config, fast_settings(), say=lambda *_: None)
+    assert again.champion == result.champion == "v0001"
+    assert again.drift_after["detected"] is True and again.cycle["outcome"] == "promoted"
+    assert again.served_versions_after == [again.new_champion]
