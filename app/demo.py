@@ -180,15 +180,19 @@ DEMO_GATE_SPLIT = "temporal_2023"  # the newest labeled period before the headli
 
 def demo_candidates(dataset: Path, champion: str) -> list[str]:
     """The registry's other versions trained by the demo on this dataset (the gate's losers)."""
-    import hashlib
-
     from lang1ops.registry import Registry
 
     settings = get_settings()
-    data_sha = hashlib.sha256((dataset / "dataset.json").read_bytes()).hexdigest()
+    wanted = {"dataset_sha256": dataset_sha256(dataset), "trigger": "demo"}
     return [v.version for v in Registry(settings.registry_dir).versions(settings.model_name)
-            if v.version != champion and v.manifest.get("lineage", {}).get("dataset_sha256") == data_sha
-            and v.manifest.get("lineage", {}).get("trigger") == "demo"]
+            if v.version != champion and wanted.items() <= v.manifest.get("lineage", {}).items()]
+
+
+def dataset_sha256(dataset: Path) -> str:
+    """The dataset's identity in a model's lineage: the sha256 of its dataset.json."""
+    import hashlib
+
+    return hashlib.sha256((dataset / "dataset.json").read_bytes()).hexdigest()
 
 
 def demo_champion(dataset: Path, workdir: Path) -> str:
@@ -197,13 +201,12 @@ def demo_champion(dataset: Path, workdir: Path) -> str:
     whole training split, the first promoted as the dataset's first model, the second promoted only
     if the gate finds it at least as good on the newest labeled period before the test period."""
     import getpass
-    import hashlib
 
     from lang1ops.registry import Registry
 
     settings = get_settings()
     registry = Registry(settings.registry_dir)
-    data_sha = hashlib.sha256((dataset / "dataset.json").read_bytes()).hexdigest()
+    data_sha = dataset_sha256(dataset)
     aliases = registry.aliases(settings.model_name)
     if "champion" in aliases:
         current = registry.get(settings.model_name, "champion")
