@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-PARTS = ("generator", "training", "train_step", "fast_path", "scoring", "peers", "profile_scorer", "service", "memory", "gpu",
+PARTS = ("generator", "ceiling", "training", "train_step", "fast_path", "scoring", "peers", "profile_scorer", "service", "memory", "gpu",
          "faults")
 
 

@@ -25,6 +25,7 @@ from lang1ops.synthetic.catalog import CHRONIC_BY_KEY, PAYERS, REASON_BY_KEY, Sh
 from lang1ops.synthetic.hospital import (
     DISPOSITION_WORDS,
     UTC,
+    OutcomeDraw,
     Patient,
     Stay,
     admission_time,
@@ -109,8 +110,10 @@ class NdjsonSink:
 
 
 class HospitalSimulation:
-    def __init__(self, spec: HospitalSpec, emit: Callable[[dict], None]):
-        self.spec, self.emit = spec, emit
+    def __init__(self, spec: HospitalSpec, emit: Callable[[dict], None],
+                 on_outcome: Callable[[Stay, OutcomeDraw], None] | None = None):
+        # on_outcome sees each stay's outcome draw, latents included (bench/ceiling.py); the export never does
+        self.spec, self.emit, self.on_outcome = spec, emit, on_outcome
         self.start = datetime.combine(spec.start, time(0), tzinfo=UTC)
         self.end = datetime.combine(spec.end, time(23, 59, 59), tzinfo=UTC)
         self.shift_at = datetime.combine(spec.shift_from, time(0), tzinfo=UTC) if spec.shift_from else None
@@ -179,6 +182,8 @@ class HospitalSimulation:
                     facility="sister" if admit_source == "hosp-trans" else "main")
         stay.code_status = code_status_for(age, p, rng)
         outcome = draw_outcomes(p, stay, age, rng, shift)
+        if self.on_outcome:
+            self.on_outcome(stay, outcome)
         stay.los_days = outcome.los_days
         stay.died = outcome.died
         discharged = discharge_time(admitted, outcome.los_days, outcome.died, rng)

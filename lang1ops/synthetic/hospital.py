@@ -207,6 +207,27 @@ def draw_vitals(reason: AdmissionReason, acuity: float, rng: random.Random) -> d
     }
 
 
+@dataclass(frozen=True)
+class OutcomeLatents:
+    """What the draw knew, for the ceiling benchmark (bench/ceiling.py); never exported.
+
+    `*_full` is the logit (or log-LOS mean) the outcome was drawn from: the hidden severity and
+    the stay's own noise included, so only the final coin flip is left. `*_seen` leaves out the
+    hidden severity and the noise terms, keeping every other input of the formula: the most that
+    any reader of the whole record could know, and more than a single note shows (acuity, frailty
+    and social risk reach the notes only through noisy vitals, labs and phrases).
+    """
+
+    mortality_full: float
+    mortality_seen: float
+    readmission_full: float
+    readmission_seen: float
+    denial_full: float
+    denial_seen: float
+    log_los_full: float  # before the log-normal noise (sd LOS_SIGMA)
+    log_los_seen: float  # hidden severity left out too (sd LOS_SEEN_SIGMA)
+
+
 @dataclass
 class OutcomeDraw:
     los_days: int
@@ -214,6 +235,11 @@ class OutcomeDraw:
     p_readmit: float
     denied: bool
     p_denial: float
+    latents: OutcomeLatents
+
+
+HIDDEN_LOS, HIDDEN_MORTALITY, HIDDEN_READMIT = 0.22, 0.5, 0.35  # weights of the hidden severity
+LOS_SEEN_SIGMA = math.hypot(LOS_SIGMA, HIDDEN_LOS)
 
 
 def draw_outcomes(p: Patient, stay: Stay, age: int, rng: random.Random, shift: ShiftEffects | None) -> OutcomeDraw:
@@ -222,27 +248,32 @@ def draw_outcomes(p: Patient, stay: Stay, age: int, rng: random.Random, shift: S
     metastatic = "metacanc" in p.conditions
     # An unobserved severity that the H&P does not show drives all outcomes of the stay.
     hidden = rng.gauss(0, 1)
-    log_los = (r.log_los + 0.16 * stay.acuity + 0.35 * p.frailty + 0.2 * p.social + 0.05 * n_charlson
-               + (0.06 * (age - 60) / 10 if age > 60 else 0.0) + 0.22 * hidden + rng.gauss(0, LOS_SIGMA))
-    if shift:
-        log_los += shift.log_los_offsets.get(r.key, 0.0)
-    los_days = max(0, int(math.exp(log_los - 0.15)))
-    mort = (MORTALITY_INTERCEPT + r.mortality + 1.05 * stay.acuity + 0.045 * (age - 60) + 1.5 * p.frailty
-            + (1.3 if metastatic else 0.0) + 0.5 * hidden + (shift.mortality_intercept + shift.mortality_offsets.get(r.key, 0.0) if shift else 0.0))
-    died = rng.random() < sigmoid(mort)
+    # The random draws keep their order (hidden, LOS noise, death, readmission noise, denial
+    # noise, denial): the same spec still gives byte-identical files.
+    log_los_seen = (r.log_los + 0.16 * stay.acuity + 0.35 * p.frailty + 0.2 * p.social + 0.05 * n_charlson
+                    + (0.06 * (age - 60) / 10 if age > 60 else 0.0) + (shift.log_los_offsets.get(r.key, 0.0) if shift else 0.0))
+    log_los_full = log_los_seen + HIDDEN_LOS * hidden
+    los_days = max(0, int(math.exp(log_los_full + rng.gauss(0, LOS_SIGMA) - 0.15)))
+    mortality_seen = (MORTALITY_INTERCEPT + r.mortality + 1.05 * stay.acuity + 0.045 * (age - 60) + 1.5 * p.frailty
+                      + (1.3 if metastatic else 0.0)
+                      + (shift.mortality_intercept + shift.mortality_offsets.get(r.key, 0.0) if shift else 0.0))
+    mortality_full = mortality_seen + HIDDEN_MORTALITY * hidden
+    died = rng.random() < sigmoid(mortality_full)
     social_weight = 2.4 * (shift.social_readmit_scale if shift else 1.0)
-    readmit = (READMIT_INTERCEPT + r.readmit + 0.3 * n_charlson + 2.2 * p.frailty + social_weight * p.social
-               + (0.4 if los_days > 5 else 0.0) + 0.35 * hidden + (0.8 if metastatic else 0.0)
-               + 0.45 * min(3, len([s for s in p.stays if (stay.admitted - s.admitted).days < 180])) + rng.gauss(0, 0.4))
-    if shift:
-        readmit += shift.readmit_intercept + shift.readmit_offsets.get(r.key, 0.0)
-    denial = (DENIAL_INTERCEPT + r.denial + 2.6 * (0.6 - stay.doc_quality)
-              + {"medicaid": 0.35, "commercial": 0.45, "commercial_b": 0.1, "medicare_advantage": 0.55}.get(p.payer or "", 0.0)
-              + (1.8 if stay.elective and not stay.prior_auth else 0.0) + (0.6 if los_days <= 1 else 0.0) + rng.gauss(0, 0.4))
-    if shift:
-        denial += shift.denial_intercept + (shift.short_stay_denial if los_days <= 2 else 0.0)
-    p_denial = sigmoid(denial)
-    return OutcomeDraw(los_days, died, sigmoid(readmit), rng.random() < p_denial, p_denial)
+    readmit_seen = (READMIT_INTERCEPT + r.readmit + 0.3 * n_charlson + 2.2 * p.frailty + social_weight * p.social
+                    + (0.4 if los_days > 5 else 0.0) + (0.8 if metastatic else 0.0)
+                    + 0.45 * min(3, len([s for s in p.stays if (stay.admitted - s.admitted).days < 180]))
+                    + (shift.readmit_intercept + shift.readmit_offsets.get(r.key, 0.0) if shift else 0.0))
+    readmit_full = readmit_seen + HIDDEN_READMIT * hidden + rng.gauss(0, 0.4)
+    denial_seen = (DENIAL_INTERCEPT + r.denial + 2.6 * (0.6 - stay.doc_quality)
+                   + {"medicaid": 0.35, "commercial": 0.45, "commercial_b": 0.1, "medicare_advantage": 0.55}.get(p.payer or "", 0.0)
+                   + (1.8 if stay.elective and not stay.prior_auth else 0.0) + (0.6 if los_days <= 1 else 0.0)
+                   + (shift.denial_intercept + (shift.short_stay_denial if los_days <= 2 else 0.0) if shift else 0.0))
+    denial_full = denial_seen + rng.gauss(0, 0.4)
+    p_denial = sigmoid(denial_full)
+    latents = OutcomeLatents(mortality_full, mortality_seen, readmit_full, readmit_seen, denial_full, denial_seen,
+                             log_los_full, log_los_seen)
+    return OutcomeDraw(los_days, died, sigmoid(readmit_full), rng.random() < p_denial, p_denial, latents)
 
 
 def disposition_for(p: Patient, stay: Stay, age: int, rng: random.Random) -> str:

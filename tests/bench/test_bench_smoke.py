@@ -5,10 +5,13 @@ copy of the report, so the benchmark code never rots. The figures themselves com
 from __future__ import annotations
 
 import ast
+import json
 import re
 
+import numpy as np
 import pytest
 
+import bench.ceiling
 import bench.fast_path
 import bench.faults
 import bench.generator
@@ -108,3 +111,37 @@ def test_faults(tiny_llama_dir, doc):
 def test_train_step(tiny_llama_dir, doc):
     body = bench.train_step.run(tiny_llama_dir, steps=2, notes_per_type=1, note_tokens=48, doc=doc)
     assert "shared note" in body and "one prompt per pair" in body and "% of peak" in body
+
+
+def test_ceiling_rescores_the_datasets_own_labels_with_the_generators_draws(small_hospital, small_dataset, doc):
+    body = bench.ceiling.run(small_hospital, small_dataset, n_resamples=50, doc=doc)
+    assert "mortality 100.0%" in body and "los 100.0%" in body
+    for task in ("readmission", "los", "denial"):
+        row = next(line for line in body.splitlines() if line.startswith(f"| {task} |")).split(" | ")
+        tfidf, seen, full = (float(cell.split(" ")[0]) for cell in row[3:6])
+        assert 0.0 <= tfidf <= 1.0 and full > 0.65 and seen > 0.65  # the formula's own logits rank the outcomes
+    assert "n/a (coded conditions)" in next(line for line in body.splitlines() if line.startswith("| cci |"))
+
+
+def test_ceiling_refuses_another_hospitals_draws(small_hospital, small_dataset, tmp_path, doc):
+    other = tmp_path / "other-fhir"
+    other.mkdir()
+    generation = json.loads((small_hospital / "generation.json").read_text())
+    generation["spec"]["seed"] += 1
+    (other / "generation.json").write_text(json.dumps(generation))
+    with pytest.raises(RuntimeError, match="another hospital|never drawn"):
+        bench.ceiling.run(other, small_dataset, n_resamples=10, doc=doc, tfidf=False)
+
+
+def test_los_bin_probabilities_match_the_generators_rounding():
+    """P(bin) from the normal CDF equals the share of draws that int(exp(x - 0.15)) puts in it."""
+    from lang1ops.tasks import DEFAULT_CONTRACT
+
+    task = DEFAULT_CONTRACT.task("los")
+    rng = np.random.default_rng(0)
+    for mean in (0.4, 1.3, 2.1):
+        days = np.maximum(0, np.exp(rng.normal(mean, 0.6, 20_000) - 0.15).astype(int))
+        drawn = np.bincount([task.bin_index(d) for d in days], minlength=4) / 20_000
+        probs = bench.ceiling.los_bin_probs(task, np.array([mean]), 0.6)[0]
+        assert probs.sum() == pytest.approx(1.0)
+        assert np.abs(probs - drawn).max() < 0.015

@@ -143,3 +143,25 @@ def test_note_text_in_the_export_is_base64_utf8_text_plain(tmp_path):
         attachment = json.loads(line)["content"][0]["attachment"]
         assert attachment["contentType"].startswith("text/plain")
         assert base64.b64decode(attachment["data"]).decode("utf-8").strip()
+
+
+def test_watching_the_outcome_draws_changes_no_byte_of_the_export(tmp_path):
+    """bench/ceiling.py reruns the simulation with on_outcome to read each stay's latents: the
+    hook sees every stay's draw and the export it would write is the same as without it."""
+    from lang1ops.synthetic.generate import HospitalSimulation, NdjsonSink
+
+    spec = HospitalSpec(name="Watched", patients=60, seed=5, shift_from=date(2024, 1, 1))
+    generate_hospital(spec, tmp_path / "plain")
+    seen: dict[str, object] = {}
+    sink = NdjsonSink(tmp_path / "watched")
+    HospitalSimulation(spec, sink, on_outcome=lambda stay, outcome: seen.setdefault(stay.id, outcome)).run()
+    sink.close(spec)
+    plain = {k: v for k, v in digest(tmp_path / "plain").items() if k != "generation.json"}
+    assert digest(tmp_path / "watched") == plain
+    encounters = [json.loads(line) for line in (tmp_path / "plain" / "Encounter.ndjson").read_text().splitlines()]
+    # acute stays, not the rehabilitation stays that follow some discharges (no outcome is drawn for those)
+    acute = {e["id"] for e in encounters if e["class"]["code"] == "IMP" and e["serviceType"]["text"] != "rehabilitation"}
+    assert acute and acute <= seen.keys()
+    died = {e["id"] for e in encounters if e.get("hospitalization", {}).get("dischargeDisposition", {}).get("coding", [{}])[0].get("code") == "exp"}
+    assert all(seen[i].died for i in died)
+    assert all(o.latents.mortality_full != o.latents.mortality_seen for o in seen.values())  # the hidden severity
