@@ -50,6 +50,7 @@ def test_peers_table_runs_without_any_peer_engine(tiny_llama_dir, doc, tmp_path)
 def test_scoring_agrees_with_the_naive_way(tiny_llama_dir, doc):
     body = bench.scoring.run(tiny_llama_dir, n_notes=3, n_naive=1, repeats=1, min_tokens=64, batch=2, doc=doc)
     assert "speed-up (b, float32)/(a)" in body and "GFLOP/s" in body
+    assert "(b) lang1-ops scorer, int8-dynamic" in body and "**int8.**" in body and "int8 GEMM peak" in body
     difference = float(body.split("max probability difference (a) vs (b, float32) | ")[1].split(" ")[0])
     assert difference < 1e-3
 
