@@ -110,6 +110,9 @@ def _cell(interval) -> str:
 def run(fhir_dir: Path = Path("var/demo/fhir"), dataset_dir: Path = Path("var/demo/dataset"), split: str | None = None,
         n_resamples: int = 1000, seed: int = 0, doc: Path | None = None, section: str = "ceiling",
         tfidf: bool = True) -> str:
+    if not (Path(fhir_dir) / "generation.json").exists():
+        raise SystemExit(f"{fhir_dir} holds no generated hospital (generation.json): run `make demo` first, "
+                         "or pass the export and dataset of another generated hospital")
     generation = json.loads((Path(fhir_dir) / "generation.json").read_text())["spec"]
     spec = HospitalSpec(name=generation["name"], start=date.fromisoformat(generation["start"]),
                         end=date.fromisoformat(generation["end"]), patients=generation["patients"], seed=generation["seed"],
