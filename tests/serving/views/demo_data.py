@@ -68,7 +68,10 @@ def write_outcomes(store: Store, now: datetime, months: int = 4, per_month: int 
     rng = np.random.default_rng(seed)
     for m in range(months):
         for k in range(per_month):
-            when = now - timedelta(days=45 + 30 * m + k % 28)
+            # each month's outcomes inside one calendar month (m + 2 months back): the page groups by
+            # calendar month, and days counted back from today split some months into slivers of 3 notes
+            year, month = divmod(now.year * 12 + now.month - 1 - (m + 2), 12)
+            when = now.replace(year=year, month=month + 1, day=1) + timedelta(days=k % 28)
             label = int(rng.uniform() < 0.2)
             p = float(np.clip(rng.normal(0.35 if label else 0.15, 0.1), 0.01, 0.99))
             encounter, patient = f"old-{m}-{k}", f"pold-{m}-{k}"
