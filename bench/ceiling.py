@@ -37,7 +37,14 @@ from scipy.stats import norm
 from bench.report import machine, write_section
 from lang1ops.metrics import bootstrap_auroc
 from lang1ops.synthetic.generate import HospitalSimulation, HospitalSpec
-from lang1ops.synthetic.hospital import LOS_SEEN_SIGMA, LOS_SIGMA, OutcomeDraw, OutcomeLatents, Stay
+from lang1ops.synthetic.hospital import (
+    LOS_LOG_OFFSET,
+    LOS_SEEN_SIGMA,
+    LOS_SIGMA,
+    OutcomeDraw,
+    OutcomeLatents,
+    Stay,
+)
 from lang1ops.tasks import TaskSpec
 from training.baselines import TfidfBaseline
 from training.dataset import Dataset
@@ -66,11 +73,11 @@ def drawn_outcomes(spec: HospitalSpec) -> dict[str, DrawnStay]:
 
 
 def los_bin_probs(task: TaskSpec, mean: np.ndarray, sd: float) -> np.ndarray:
-    """P(LOS bin) when log-LOS ~ N(mean, sd): the generator keeps int(exp(log_los - 0.15)) days,
-    so `days >= k` exactly when `log_los >= ln k + 0.15`."""
+    """P(LOS bin) when log-LOS ~ N(mean, sd): the generator keeps int(exp(log_los - LOS_LOG_OFFSET)) days,
+    so `days >= k` exactly when `log_los >= ln k + LOS_LOG_OFFSET`."""
 
     def at_least(days: float) -> np.ndarray:
-        return np.ones_like(mean) if days <= 0 else norm.sf((math.log(days) + 0.15 - mean) / sd)
+        return np.ones_like(mean) if days <= 0 else norm.sf((math.log(days) + LOS_LOG_OFFSET - mean) / sd)
 
     columns = [at_least(o.low) - (at_least(o.high + 1) if o.high is not None else 0.0) for o in task.options]
     return np.column_stack(columns)

@@ -240,6 +240,7 @@ class OutcomeDraw:
 
 HIDDEN_LOS, HIDDEN_MORTALITY, HIDDEN_READMIT = 0.22, 0.5, 0.35  # weights of the hidden severity
 LOS_SEEN_SIGMA = math.hypot(LOS_SIGMA, HIDDEN_LOS)
+LOS_LOG_OFFSET = 0.15  # days = int(exp(log-LOS - offset))
 
 
 def draw_outcomes(p: Patient, stay: Stay, age: int, rng: random.Random, shift: ShiftEffects | None) -> OutcomeDraw:
@@ -253,7 +254,7 @@ def draw_outcomes(p: Patient, stay: Stay, age: int, rng: random.Random, shift: S
     log_los_seen = (r.log_los + 0.16 * stay.acuity + 0.35 * p.frailty + 0.2 * p.social + 0.05 * n_charlson
                     + (0.06 * (age - 60) / 10 if age > 60 else 0.0) + (shift.log_los_offsets.get(r.key, 0.0) if shift else 0.0))
     log_los_full = log_los_seen + HIDDEN_LOS * hidden
-    los_days = max(0, int(math.exp(log_los_full + rng.gauss(0, LOS_SIGMA) - 0.15)))
+    los_days = max(0, int(math.exp(log_los_full + rng.gauss(0, LOS_SIGMA) - LOS_LOG_OFFSET)))
     mortality_seen = (MORTALITY_INTERCEPT + r.mortality + 1.05 * stay.acuity + 0.045 * (age - 60) + 1.5 * p.frailty
                       + (1.3 if metastatic else 0.0)
                       + (shift.mortality_intercept + shift.mortality_offsets.get(r.key, 0.0) if shift else 0.0))
