@@ -101,6 +101,10 @@ def load_model(artifact_dir: Path, base_fallback: Path | None = None, device: st
         if (artifact_dir / NGRAMS_FILE).exists():
             loaded.ngrams = NgramFeatures.load(artifact_dir, tensors["ngram_idf"].numpy())
             loaded.ngram_heads = {t.name: tensors[f"{t.name}.ngram_weight"] for t in contract.tasks}
+            for task, weight in loaded.ngram_heads.items():
+                if weight.shape[1] != loaded.ngrams.size:
+                    raise ValueError(f"{task}.ngram_weight has {weight.shape[1]} columns but {NGRAMS_FILE} "
+                                     f"describes {loaded.ngrams.size} features")
     return loaded
 
 

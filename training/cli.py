@@ -49,6 +49,9 @@ def train(
     layers: Annotated[str, typer.Option(help="heads: candidate layers to pool, chosen on validation.")] = "1,2,4",
     ngrams: Annotated[bool, typer.Option(help="heads: also read the whole note's word 1-2-grams (TF-IDF) beside "
                                               "the pooled state.")] = False,
+    measurements: Annotated[bool, typer.Option(help="heads with --ngrams: also read the note's measured values "
+                                                    "(vitals, labs, age) in bins, kept per task where validation "
+                                                    "shows a clear gain.")] = False,
     lr: Annotated[float | None, typer.Option(help="mc-sft: learning rate (default: search 1e-6..1e-3).")] = None,
     max_steps: Annotated[int, typer.Option(help="mc-sft: optimizer steps.")] = 300,
     batch_size: Annotated[int, typer.Option(help="mc-sft: examples per step, tasks mixed evenly.")] = 8,
@@ -77,7 +80,8 @@ def train(
         from training.heads import EncodingCache, HeadsConfig, train_heads
 
         config = HeadsConfig(layers=_ints(layers), max_note_tokens=settings.model.max_note_tokens, tasks=task_list,
-                             max_notes=caps, seed=seed, ngrams=ngrams)
+                             max_notes=caps, seed=seed, ngrams=ngrams or measurements,
+                             measurements=measurements)
         with progress_bar() as progress:
             bar = progress.add_task("Encoding notes with the frozen base", total=None)
             path = train_heads(data, base, out, config, name=settings.model_name, cache=EncodingCache(settings.encoding_cache),

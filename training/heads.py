@@ -54,6 +54,14 @@ class HeadsConfig:
     # One C for 576 dense and 50,000 sparse columns let the dense block cost more in variance
     # than it added (docs/training.md, "dense weight").
     dense_weights: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
+    # With n-grams: also the note's measured values in bins (lang1ops.measurements), kept for a
+    # task only where they raise its validation AUROC by `measurement_min_gain` at one of these
+    # weights. Why the margin: on the demo hospital they add 0.04 to mortality, while the 0.004
+    # they add to denial on validation turns into -0.03 after the template shift (minutes of
+    # counselling, times: numbers whose meaning moves); a simpler model wins ties.
+    measurements: bool = False
+    measurement_weights: tuple[float, ...] = (0.1, 0.2)
+    measurement_min_gain: float = 0.01
 
 
 class EncodingCache:
@@ -150,6 +158,33 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     return best
 
 
+def choose_measurement_weights(ngrams: NgramFeatures, every: pd.DataFrame, x_of: dict, fits: dict, rows: dict,
+                               contract: TaskContract, config: HeadsConfig) -> dict[str, float]:
+    """Per task, the measurement weight whose head beats the head without them on validation
+    AUROC by `config.measurement_min_gain` (0 where none does); `fits` and `x_of` take the winner."""
+    if ngrams.measurements is None:
+        return {}
+    bins = ngrams.measurements.transform(every["text"].tolist())
+    chosen = {}
+    for t, without in list(fits.items()):
+        (tr, ytr), (va, yva) = rows[("train", t)], rows[("val", t)]
+        best: tuple[float, HeadFit, sp.csr_matrix] | None = None
+        for weight in config.measurement_weights:
+            x = sp.hstack([x_of[t], bins * weight]).tocsr()
+            fit = fit_head(x[tr], ytr, x[va], yva, contract.task(t).n_classes, config.ngram_c_grid, config.seed)
+            if (np.isfinite(fit.val_auroc) and fit.val_auroc >= without.val_auroc + config.measurement_min_gain
+                    and (best is None or fit.val_auroc > best[1].val_auroc)):
+                best = (weight, fit, x)
+        if best is not None:
+            chosen[t], fits[t], x_of[t] = best
+        else:  # the head's columns stay aligned with the scorer's: zeros on the bins
+            chosen[t] = 0.0
+            fits[t] = HeadFit(np.hstack([without.weight, np.zeros((without.weight.shape[0], bins.shape[1]))]),
+                              without.bias, without.c, without.val_auroc, without.n_train)
+            x_of[t] = sp.hstack([x_of[t], bins * 0.0]).tocsr()
+    return chosen
+
+
 def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsConfig, name: str = "lang1-ops",
                 cache: EncodingCache | None = None, on_batch: Callable[[int], None] | None = None,
                 on_total: Callable[[int], None] | None = None, lineage: dict | None = None) -> Path:
@@ -179,8 +214,8 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
 
     rows = {(s, t): task_rows(s, t) for s in notes for t in tasks}
     train_rows = np.array([row_of[n] for n in notes["train"]["note_id"]], dtype=int)
-    ngrams = NgramFeatures.fit(notes["train"]["text"].tolist()) if config.ngrams else None
-    grams = ngrams.transform(every["text"].tolist()) if ngrams else None
+    ngrams = NgramFeatures.fit(notes["train"]["text"].tolist(), measurements=config.measurements) if config.ngrams else None
+    grams = ngrams.vectorizer.transform(every["text"].tolist()).tocsr() if ngrams else None
     hidden = next(iter(vectors.values())).shape[1]
     dense_weights = tuple(config.dense_weights) if ngrams else (1.0,)
     per_layer = {}
@@ -202,6 +237,7 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
         per_layer[layer] = (float(np.mean(scores)) if scores else float("nan"), mean, scale, fits, weight_of, x_of)
     layer = max(per_layer, key=lambda k: np.nan_to_num(per_layer[k][0], nan=-1.0))
     _, mean, scale, fits, weight_of, x_of = per_layer[layer]
+    measure_of = choose_measurement_weights(ngrams, every, x_of, fits, rows, contract, config) if ngrams else {}
     calibration = fit_calibrations({t: (softmax(x_of[t][rows[("val", t)][0]] @ fit.weight.T + fit.bias),
                                         rows[("val", t)][1]) for t, fit in fits.items()})
 
@@ -211,18 +247,26 @@ def train_heads(dataset: Dataset, base_dir: Path, out_dir: Path, config: HeadsCo
         tensors[f"{t}.weight"] = torch.tensor(fit.weight[:, :hidden] * weight_of[t], dtype=torch.float32)
         tensors[f"{t}.bias"] = torch.tensor(fit.bias, dtype=torch.float32)
         if ngrams:
-            tensors[f"{t}.ngram_weight"] = torch.tensor(fit.weight[:, hidden:], dtype=torch.float32)
+            on_words = fit.weight[:, hidden:hidden + ngrams.terms]
+            if ngrams.measurements is not None:  # their chosen weight folded in, as the dense weight above
+                on_words = np.hstack([on_words, fit.weight[:, hidden + ngrams.terms:] * measure_of.get(t, 0.0)])
+            tensors[f"{t}.ngram_weight"] = torch.tensor(on_words, dtype=torch.float32)
     if ngrams:
         tensors["ngram_idf"] = torch.tensor(ngrams.idf, dtype=torch.float32)
     task_contract = contract.model_copy(update={"tasks": [contract.task(t) for t in tasks]})
     sizes = {s: {t: int(len(rows[(s, t)][1])) for t in tasks} for s in notes}
     hyper = {"layer": layer, "pooling": "mean", "candidate_layers": list(config.layers),
              "c_grid": list(config.ngram_c_grid if ngrams else config.c_grid),
-             "ngrams": {"terms": ngrams.size, "fitted_on_notes": len(notes["train"])} if ngrams else None,
+             "ngrams": {"terms": ngrams.terms, "fitted_on_notes": len(notes["train"]),
+                        "measurement_bins": ngrams.measurements.size if ngrams.measurements else None,
+                        "measurement_keys": len(ngrams.measurements.edges) if ngrams.measurements else None}
+             if ngrams else None,
              "layer_val_auroc": {str(k): v[0] for k, v in per_layer.items()}, "seed": config.seed,
              "dense_weights": list(dense_weights) if ngrams else None,
              "heads": {t: {"C": f.c, "val_auroc": f.val_auroc, "n_train": f.n_train,
-                           **({"dense_weight": weight_of[t]} if ngrams else {})} for t, f in fits.items()}}
+                           **({"dense_weight": weight_of[t]} if ngrams else {}),
+                           **({"measurement_weight": measure_of.get(t, 0.0)} if ngrams and ngrams.measurements else {})}
+                       for t, f in fits.items()}}
     try:
         start_artifact(out_dir, name=name, kind=ModelKind.HEADS, method=Method.LOGREG, base_dir=base_dir,
                        contract=task_contract, max_note_tokens=config.max_note_tokens, pooling=Pooling(layer=layer),

@@ -132,3 +132,39 @@ def test_the_pooled_blocks_weight_is_chosen_per_task_and_folded_into_the_artifac
     full = train_heads(dataset, tiny_llama_dir, tmp_path / "full",
                        HeadsConfig(layers=(1,), max_note_tokens=48, max_notes=caps, ngrams=True, dense_weights=(1.0,)))
     assert all(w.any() for w, _ in load_model(full).heads.values())
+
+
+def test_measurements_are_kept_per_task_and_the_scorer_reproduces_the_validation_auroc(small_dataset, tiny_llama_dir,
+                                                                                   tmp_path):
+    """With measurements the stored head reads the scorer's unweighted bins with the chosen weight
+    folded in: the served probabilities on the validation notes give back the AUROC training saw;
+    a task that did not gain enough keeps zero coefficients on them."""
+    from lang1ops.metrics import auroc
+    from training.heads import sample_notes
+
+    dataset = Dataset.load(small_dataset)
+    caps = {"train": 250, "val": 80}
+    forced = train_heads(dataset, tiny_llama_dir, tmp_path / "forced",
+                         HeadsConfig(layers=(1,), max_note_tokens=48, max_notes=caps, ngrams=True, measurements=True,
+                                     measurement_min_gain=-1.0))
+    heads = ArtifactManifest.load(forced).hyperparameters["heads"]
+    assert all(h["measurement_weight"] in (0.1, 0.2) for h in heads.values())  # any fit qualifies at gain -1
+    loaded = load_model(forced)
+    assert loaded.ngrams.measurements is not None and loaded.ngrams.measurements.size > 0
+    val = sample_notes(dataset, "val", dataset.contract.names, caps["val"], 0)
+    served, _ = MultitaskScorer(loaded).score(val["text"].tolist())
+    by_note = dict(zip(val["note_id"], served))
+    for task in ("mortality", "denial", "readmission"):  # binary: calibration keeps the ranking
+        frame = dataset.task_frame(task, "val")
+        frame = frame[frame["note_id"].isin(val["note_id"])]
+        probs = np.stack([by_note[n][task] for n in frame["note_id"]])
+        assert auroc(frame["label"].to_numpy(), probs) == pytest.approx(heads[task]["val_auroc"], abs=1e-6)
+    terms = loaded.ngrams.terms
+    assert any(float(w[:, terms:].abs().sum()) > 0 for w in loaded.ngram_heads.values())
+
+    strict = train_heads(dataset, tiny_llama_dir, tmp_path / "strict",
+                         HeadsConfig(layers=(1,), max_note_tokens=48, max_notes=caps, ngrams=True, measurements=True,
+                                     measurement_min_gain=2.0))
+    strict_model = load_model(strict)
+    assert all(h["measurement_weight"] == 0.0 for h in ArtifactManifest.load(strict).hyperparameters["heads"].values())
+    assert all(float(w[:, terms:].abs().sum()) == 0 for w in strict_model.ngram_heads.values())
