@@ -196,10 +196,11 @@ def dataset_sha256(dataset: Path) -> str:
 
 
 def demo_champion(dataset: Path, workdir: Path) -> str:
-    """The registry's champion for this dataset, chosen by the promotion gate: two fast candidates
-    (heads on the frozen base, and the same heads reading the note's n-grams too) trained on the
-    whole training split, the first promoted as the dataset's first model, the second promoted only
-    if the gate finds it at least as good on the newest labeled period before the test period."""
+    """The registry's champion for this dataset, chosen by the promotion gate: three fast candidates
+    (heads on the frozen base; the same heads reading the note's n-grams too; and those reading its
+    measured values as well) trained on the whole training split, the first promoted as the
+    dataset's first model, each next one promoted only if the gate finds it at least as good as the
+    champion of the moment on the newest labeled period before the test period."""
     import getpass
 
     from lang1ops.registry import Registry
@@ -221,10 +222,13 @@ def demo_champion(dataset: Path, workdir: Path) -> str:
     cache = EncodingCache(settings.encoding_cache)
     actor = getpass.getuser()
     champion = None
-    for label, ngrams in (("heads", False), ("heads + n-grams", True)):
-        out = workdir / "models" / f"{'heads-ngrams' if ngrams else 'heads'}-{data_sha[:8]}"
+    for label, folder, ngrams, measurements in (("heads", "heads", False, False),
+                                                ("heads + n-grams", "heads-ngrams", True, False),
+                                                ("heads + n-grams + measurements", "heads-ngrams-measurements", True, True)):
+        out = workdir / "models" / f"{folder}-{data_sha[:8]}"
         if not (out / "artifact.json").exists():
-            config = HeadsConfig(layers=DEMO_HEADS_LAYERS, max_note_tokens=settings.model.max_note_tokens, ngrams=ngrams)
+            config = HeadsConfig(layers=DEMO_HEADS_LAYERS, max_note_tokens=settings.model.max_note_tokens, ngrams=ngrams,
+                                 measurements=measurements)
             with progress_bar() as progress:
                 bar = progress.add_task(f"{label}: encoding the training and validation notes (cached by text)", total=None)
                 train_heads(data, settings.model.base_model_dir, out, config, name=settings.model_name, cache=cache,

@@ -60,6 +60,10 @@ class DriftLoopSettings(BaseModel):
     heads_ngrams: bool = Field(True, description="heads: also read the note's word 1-2-grams: the best fast path on "
                                "both generated hospitals, and after a vocabulary shift the part a stale champion lacks "
                                "(docs/training.md, docs/monitoring.md).")
+    heads_measurements: bool = Field(False, description="heads with n-grams: also read the note's measured values "
+                                     "(vitals, labs, age) in bins, kept per task where validation gains 0.01 AUROC "
+                                     "(docs/training.md, \"measurements\"); off until the temporal-shift scenario "
+                                     "(docs/monitoring.md) has been rerun with it.")
     max_train_notes: int = Field(10000, ge=10, description="Cap on training notes of a candidate (validation: a quarter "
                                  "of it). Heads starved of notes lose to a bag of words (docs/training.md); encodings "
                                  "are cached, so only new notes cost time.")
