@@ -1,6 +1,6 @@
 """`lang1ops demo`: the main job end to end on the embedded base model.
 
-A hospital's FHIR export generated, labeled time-split task data built, two fast candidates
+A hospital's FHIR export generated, labeled time-split task data built, three fast candidates
 trained and the champion chosen by the promotion gate, its model card on the latest period,
 the scoring service started and fed notes, the hospital's last days through the views, and a
 temporal shift detected, retrained and judged. Each step calls the same functions as the
@@ -61,7 +61,7 @@ def demo_command(
     build_command(fhir=fhir, out=dataset, train_window="2019-01-01:2022-12-31",
                   temporal=["2023-01-01:2023-12-31", "2024-01-01:2024-12-31"], seed=0, as_of=None)
 
-    stdout.rule(f"4. Two fast candidates on the whole training split; the promotion gate picks the champion on {DEMO_GATE_SPLIT}")
+    stdout.rule(f"4. Three fast candidates on the whole training split; the promotion gate picks the champion on {DEMO_GATE_SPLIT}")
     champion = demo_champion(dataset, workdir)
 
     stdout.rule("5. Model card on the latest temporal test (2024): the champion beside the other candidate and TF-IDF")
