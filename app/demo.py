@@ -64,7 +64,7 @@ def demo_command(
     stdout.rule(f"4. Three fast candidates on the whole training split; the promotion gate picks the champion on {DEMO_GATE_SPLIT}")
     champion = demo_champion(dataset, workdir)
 
-    stdout.rule("5. Model card on the latest temporal test (2024): the champion beside the other candidate and TF-IDF")
+    stdout.rule("5. Model card on the latest temporal test (2024): the champion beside the other candidates and TF-IDF")
     stdout.print("(zero-shot rows cost ~1.2 s per note on 2 cores: `lang1ops evaluate --baselines tfidf,zero-shot` adds them)")
     # 2,000 notes: enough deaths and CCI > 7 cases to resolve every task (600 left mortality with 7 deaths)
     training_cli.evaluate(model=champion, dataset=dataset, splits="temporal_2024", baselines="tfidf", max_notes=2000,

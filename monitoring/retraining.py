@@ -108,7 +108,7 @@ def default_trainer(settings: DriftLoopSettings, base_dir: Path, max_note_tokens
         from training.heads import HeadsConfig, train_heads
 
         config = HeadsConfig(layers=tuple(settings.heads_layers), max_note_tokens=max_note_tokens, ngrams=settings.heads_ngrams,
-                             measurements=settings.heads_ngrams and settings.heads_measurements,
+                             measurements=settings.heads_measurements,
                              max_notes={"train": settings.max_train_notes, "val": max(50, settings.max_train_notes // 4)})
         with progress_bar() as progress:  # encoding thousands of uncached notes takes minutes
             bar = progress.add_task("heads candidate: encoding notes", total=None)

@@ -63,6 +63,11 @@ class HeadsConfig:
     measurement_weights: tuple[float, ...] = (0.1, 0.2)
     measurement_min_gain: float = 0.01
 
+    def __post_init__(self) -> None:
+        if self.measurements and not self.ngrams:  # the bins are columns of the n-gram block
+            raise ValueError("HeadsConfig(measurements=True) needs ngrams=True: the measured values are read beside "
+                             "the note's n-grams")
+
 
 class EncodingCache:
     """Pooled encodings by (encoder fingerprint, note sha256) in SQLite: safe for several

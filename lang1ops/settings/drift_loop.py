@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class DriftLoopSettings(BaseModel):
@@ -73,3 +73,11 @@ class DriftLoopSettings(BaseModel):
                                                        "retraining (monitoring/rules: `action: retrain`); no other does.")
     loop_interval_s: float = Field(3600.0, gt=0, description="`monitor loop`: seconds between passes.")
     actor: str = Field("retraining-loop", description="Actor name in the registry's audit log.")
+
+    @model_validator(mode="after")
+    def _measurements_sit_beside_the_ngrams(self) -> DriftLoopSettings:
+        # the measurement bins are columns of the n-gram block: without it they would be dropped silently
+        if self.heads_measurements and not self.heads_ngrams:
+            raise ValueError("drift_loop.heads_measurements needs drift_loop.heads_ngrams: the measured values are "
+                             "read beside the note's n-grams")
+        return self

@@ -110,3 +110,11 @@ def test_only_alerts_labelled_action_retrain_in_the_real_rules_trigger_retrainin
     expected = {r["alert"] for r in alerts if r.get("labels", {}).get("action") == "retrain"}
     assert expected and triggered == expected
     assert "Lang1OpsDriftCheckStale" not in triggered  # a stale check is an operations problem, not a drifted model
+
+
+def test_the_loops_measurements_setting_needs_its_ngrams_setting():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="heads_measurements needs drift_loop.heads_ngrams"):
+        DriftLoopSettings(heads_ngrams=False, heads_measurements=True)
+    assert DriftLoopSettings(heads_measurements=True).heads_measurements

@@ -153,7 +153,7 @@ def test_measurements_are_kept_per_task_and_the_scorer_reproduces_the_validation
     assert loaded.ngrams.measurements is not None and loaded.ngrams.measurements.size > 0
     val = sample_notes(dataset, "val", dataset.contract.names, caps["val"], 0)
     served, _ = MultitaskScorer(loaded).score(val["text"].tolist())
-    by_note = dict(zip(val["note_id"], served))
+    by_note = dict(zip(val["note_id"], served, strict=True))
     for task in ("mortality", "denial", "readmission"):  # binary: calibration keeps the ranking
         frame = dataset.task_frame(task, "val")
         frame = frame[frame["note_id"].isin(val["note_id"])]
@@ -168,3 +168,9 @@ def test_measurements_are_kept_per_task_and_the_scorer_reproduces_the_validation
     strict_model = load_model(strict)
     assert all(h["measurement_weight"] == 0.0 for h in ArtifactManifest.load(strict).hyperparameters["heads"].values())
     assert all(float(w[:, terms:].abs().sum()) == 0 for w in strict_model.ngram_heads.values())
+
+
+def test_measurements_without_ngrams_are_refused_not_dropped():
+    with pytest.raises(ValueError, match="needs ngrams=True"):
+        HeadsConfig(measurements=True, ngrams=False)
+    assert HeadsConfig(measurements=True, ngrams=True).measurements
